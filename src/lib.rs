@@ -1,8 +1,30 @@
 //! Kong's AWS Secrets Manager vault as a proxy-wasm filter.
 //!
 //! Everything except `host::proxy_wasm` is plain, sans-IO Rust: it takes time,
-//! responses and events as inputs and returns actions, so it is unit-tested natively.
+//! responses and events as inputs and returns actions, so it is unit-tested
+//! natively. Module map:
+//! - [`reference`], [`template`]: Kong's vault reference grammar, header templates
+//! - [`config`]: the JSON plugin configuration, validated with field-named errors
+//! - [`aws`]: SigV4 signing, GetSecretValue requests and responses
+//! - [`cache`]: shared-data entry format, leases, backoff
+//! - [`engine`]: the state machine (events in, actions out)
+//! - [`host`]: the host boundary; `host::proxy_wasm` is the only proxy-wasm user
+//! - [`cli`]: the native `aws-vault` command's logic
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )
+)]
 
+pub mod aws;
+pub mod cache;
+pub mod cli;
+pub mod config;
+pub mod engine;
+pub mod host;
 pub mod reference;
 pub mod template;
-pub mod aws;

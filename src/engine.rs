@@ -1,0 +1,853 @@
+//! The filter's brain: events in, actions out.
+//!
+//! One `Engine` lives in each VM (Envoy: one per worker thread plus the main
+//! thread; Kong: one per worker process). It never calls the host: it reads
+//! and writes shared data through [`SharedStore`] and returns [`Action`]s for
+//! the host shell to carry out (dispatch a callout, resume or fail a paused
+//! request, log). Time always comes in as `now`, milliseconds since the epoch.
+//!
+//! Lifecycle of a secret: fetched on the first tick after start (prefetch), by
+//! exactly one VM (a lease in shared data), published to shared data, picked
+//! up by every other VM; refreshed from the tick when its ttl passes while the
+//! old value keeps being served (until `resurrect_ttl` past expiry). A request
+//! pauses only when a secret has no usable value at all.
+
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::time::{Duration, SystemTime};
+
+use crate::aws::secrets_manager::{self, SecretValue};
+use crate::aws::sigv4::{self, Credentials};
+use crate::aws::HttpResponse;
+use crate::cache::{self, Entry, Lease};
+use crate::config::{Config, HeaderTemplate, SecretTarget};
+use crate::host::SharedStore;
+use crate::template::Segment;
+
+/// Longest secret (or key) value injected into a header, in bytes.
+pub const MAX_HEADER_VALUE_LEN: usize = 16 * 1024;
+/// How long after its timeout an unanswered callout is given up (Kong <= 3.8
+/// never answers a failed dispatch).
+const CALLOUT_GRACE_MS: u64 = 2_000;
+/// Header values set on a request or response: `(lower-case name, value)`.
+pub type Headers = Vec<(String, String)>;
+
+/// Which context a callout is dispatched from: its answer goes back there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Owner {
+    Root,
+    Ctx(u32),
+}
+
+/// How a callout ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CalloutResult {
+    Response(HttpResponse),
+    /// No HTTP answer: dispatch refused, timeout, connection failure.
+    Failed(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+/// What the host shell must do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    Dispatch {
+        fetch: u64,
+        upstream: String,
+        request: crate::aws::HttpRequest,
+        timeout_ms: u32,
+    },
+    /// Set these request headers on a paused request and let it go; keep the
+    /// response headers for its response.
+    Resume {
+        ctx: u32,
+        headers: Rc<Rendered>,
+    },
+    /// Answer a paused request with a 503.
+    Reject {
+        ctx: u32,
+    },
+    Log {
+        level: Level,
+        message: String,
+    },
+}
+
+/// The header values a request gets, rendered once per secret change.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Rendered {
+    pub request: Headers,
+    pub response: Headers,
+}
+
+/// The answer to a new request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    Continue(Rc<Rendered>),
+    /// Paused: a later [`Action::Resume`] or [`Action::Reject`] names it.
+    Pause,
+    Reject,
+}
+
+/// Counters for metrics; the host shell turns them into proxy-wasm metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub requests_ready: u64,
+    pub requests_paused: u64,
+    pub requests_failed: u64,
+    pub stale_served: u64,
+    pub fetches_started: u64,
+    pub fetches_succeeded: u64,
+    pub fetches_failed: u64,
+}
+
+struct Secret {
+    target: SecretTarget,
+    descriptor: String,
+    skey: String,
+    lease_key: String,
+    entry: Option<Entry>,
+    fetch: Option<u64>,
+}
+
+struct RefSlot {
+    text: String,
+    secret: usize,
+    key: Option<String>,
+    /// Derived from the secret's value: the header-safe value, or why not.
+    value: Result<String, String>,
+}
+
+enum Part {
+    Lit(String),
+    Ref(usize),
+}
+
+struct CompiledHeader {
+    name: String,
+    parts: Vec<Part>,
+}
+
+struct Fetch {
+    secret: usize,
+    owner: Owner,
+    deadline: u64,
+}
+
+enum Status {
+    Usable,
+    Wait,
+    Failed(String),
+}
+
+pub struct Engine {
+    secrets: Vec<Secret>,
+    refs: Vec<RefSlot>,
+    request: Vec<CompiledHeader>,
+    response: Vec<CompiledHeader>,
+    rendered: Option<Result<Rc<Rendered>, String>>,
+    /// Paused requests and when they paused.
+    waiters: BTreeMap<u32, u64>,
+    fetches: BTreeMap<u64, Fetch>,
+    next_fetch: u64,
+    /// This VM's id in leases.
+    holder: u64,
+    rng: u64,
+    credentials: Option<Credentials>,
+    dirty: bool,
+    pub stats: Stats,
+}
+
+impl Engine {
+    /// Build from a validated config. `seed` comes from the host's randomness
+    /// (it names this VM in leases and jitters backoff).
+    pub fn new(
+        config: &Config,
+        credentials: Option<Credentials>,
+        seed: u64,
+    ) -> Result<Engine, String> {
+        let mut engine = Engine {
+            secrets: Vec::new(),
+            refs: Vec::new(),
+            request: Vec::new(),
+            response: Vec::new(),
+            rendered: None,
+            waiters: BTreeMap::new(),
+            fetches: BTreeMap::new(),
+            next_fetch: 1,
+            holder: seed | 1,
+            rng: seed ^ 0x9e37_79b9_7f4a_7c15,
+            credentials,
+            dirty: false,
+            stats: Stats::default(),
+        };
+        for h in &config.request_headers {
+            let compiled = engine.compile(config, h)?;
+            engine.request.push(compiled);
+        }
+        for h in &config.response_headers {
+            let compiled = engine.compile(config, h)?;
+            engine.response.push(compiled);
+        }
+        Ok(engine)
+    }
+
+    fn compile(&mut self, config: &Config, h: &HeaderTemplate) -> Result<CompiledHeader, String> {
+        let mut parts = Vec::new();
+        for segment in &h.template.segments {
+            match segment {
+                Segment::Literal(text) => parts.push(Part::Lit(text.clone())),
+                Segment::Reference { text, reference } => {
+                    let resolved = config
+                        .resolve(text, reference)
+                        .map_err(|e| format!("{}: {text}: {e}", h.field))?;
+                    let descriptor = resolved.target.descriptor();
+                    let secret = match self.secrets.iter().position(|s| s.descriptor == descriptor)
+                    {
+                        Some(i) => i,
+                        None => {
+                            let skey = cache::shared_key(&descriptor);
+                            self.secrets.push(Secret {
+                                lease_key: format!("{skey}/lease"),
+                                skey,
+                                descriptor,
+                                target: resolved.target,
+                                entry: None,
+                                fetch: None,
+                            });
+                            self.secrets.len() - 1
+                        }
+                    };
+                    let slot = match self
+                        .refs
+                        .iter()
+                        .position(|r| r.secret == secret && r.key == resolved.key)
+                    {
+                        Some(i) => i,
+                        None => {
+                            self.refs.push(RefSlot {
+                                text: text.clone(),
+                                secret,
+                                key: resolved.key,
+                                value: Err("not fetched yet".into()),
+                            });
+                            self.refs.len() - 1
+                        }
+                    };
+                    parts.push(Part::Ref(slot));
+                }
+            }
+        }
+        Ok(CompiledHeader {
+            name: h.name.clone(),
+            parts,
+        })
+    }
+
+    /// Number of distinct secrets (GetSecretValue targets) in the config.
+    pub fn secret_count(&self) -> usize {
+        self.secrets.len()
+    }
+
+    /// Requests currently paused.
+    pub fn waiting(&self) -> usize {
+        self.waiters.len()
+    }
+
+    /// A new request's headers arrived.
+    pub fn on_request(
+        &mut self,
+        ctx: u32,
+        now: u64,
+        store: &mut dyn SharedStore,
+        out: &mut Vec<Action>,
+    ) -> Decision {
+        let decision = match self.evaluate(now, store, Owner::Ctx(ctx), out) {
+            Status::Usable => match self.render() {
+                Ok(rendered) => {
+                    self.stats.requests_ready += 1;
+                    Decision::Continue(rendered)
+                }
+                Err(reason) => {
+                    self.reject_log(None, &reason, out);
+                    Decision::Reject
+                }
+            },
+            Status::Failed(reason) => {
+                self.reject_log(None, &reason, out);
+                Decision::Reject
+            }
+            Status::Wait => {
+                self.stats.requests_paused += 1;
+                self.waiters.insert(ctx, now);
+                Decision::Pause
+            }
+        };
+        self.flush(now, store, Owner::Ctx(ctx), out);
+        decision
+    }
+
+    /// A callout dispatched for `fetch` ended.
+    pub fn on_callout(
+        &mut self,
+        fetch: u64,
+        result: CalloutResult,
+        now: u64,
+        store: &mut dyn SharedStore,
+        active: Owner,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(f) = self.fetches.remove(&fetch) else {
+            return; // already given up on (expired by the tick)
+        };
+        let Some(secret) = self.secrets.get_mut(f.secret) else {
+            return;
+        };
+        if secret.fetch == Some(fetch) {
+            secret.fetch = None;
+        }
+        Lease::release(store, &secret.lease_key, self.holder);
+        let outcome = match result {
+            CalloutResult::Failed(reason) => Err((format!("callout failed: {reason}"), false)),
+            CalloutResult::Response(resp) => match secrets_manager::parse_get_secret_value(&resp) {
+                Ok(SecretValue::String(value)) => Ok(value),
+                Ok(SecretValue::Binary(_)) => Err((
+                    "the secret holds SecretBinary, not SecretString (not supported, as in Kong)"
+                        .to_string(),
+                    true,
+                )),
+                Err(e) => {
+                    let cacheable = !e.kind.is_retryable();
+                    Err((e.to_string(), cacheable))
+                }
+            },
+        };
+        match outcome {
+            Ok(value) => self.record_success(f.secret, value, now, store, out),
+            Err((reason, cacheable)) => {
+                self.record_failure(f.secret, reason, cacheable, now, store, out)
+            }
+        }
+        self.flush(now, store, active, out);
+    }
+
+    /// A dispatch the engine asked for could not even be sent.
+    pub fn on_dispatch_error(
+        &mut self,
+        fetch: u64,
+        reason: String,
+        now: u64,
+        store: &mut dyn SharedStore,
+        active: Owner,
+        out: &mut Vec<Action>,
+    ) {
+        self.on_callout(
+            fetch,
+            CalloutResult::Failed(reason),
+            now,
+            store,
+            active,
+            out,
+        );
+    }
+
+    /// A request context ended (answered, or the client went away).
+    pub fn on_context_done(&mut self, ctx: u32, store: &mut dyn SharedStore) {
+        self.waiters.remove(&ctx);
+        // Its callouts' answers will be dropped by the host: forget them so
+        // the next tick fetches again from the root context.
+        let orphaned: Vec<u64> = self
+            .fetches
+            .iter()
+            .filter(|(_, f)| f.owner == Owner::Ctx(ctx))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in orphaned {
+            if let Some(f) = self.fetches.remove(&id) {
+                if let Some(s) = self.secrets.get_mut(f.secret) {
+                    s.fetch = None;
+                    Lease::release(store, &s.lease_key, self.holder);
+                }
+            }
+        }
+    }
+
+    /// Periodic work from the root context: prefetch, refresh, expire lost
+    /// callouts, pick up what other VMs fetched, resolve waiters.
+    pub fn on_tick(&mut self, now: u64, store: &mut dyn SharedStore, out: &mut Vec<Action>) {
+        let lost: Vec<(u64, usize)> = self
+            .fetches
+            .iter()
+            .filter(|(_, f)| now >= f.deadline)
+            .map(|(id, f)| (*id, f.secret))
+            .collect();
+        for (id, secret) in lost {
+            self.fetches.remove(&id);
+            if let Some(s) = self.secrets.get_mut(secret) {
+                s.fetch = None;
+                Lease::release(store, &s.lease_key, self.holder);
+            }
+            let reason = "callout lost: no answer before its timeout".to_string();
+            self.record_failure(secret, reason, false, now, store, out);
+        }
+        for i in 0..self.secrets.len() {
+            self.sync(i, store);
+            let due = self.secrets.get(i).is_some_and(|s| {
+                s.fetch.is_none()
+                    && s.entry
+                        .as_ref()
+                        .is_none_or(|e| e.expired(now) && now >= e.retry_at)
+            });
+            if due {
+                self.start_fetch(i, now, store, Owner::Root, out);
+            }
+        }
+        self.flush(now, store, Owner::Root, out);
+    }
+
+    /// Is every secret usable now? Starts fetches for those that are not.
+    fn evaluate(
+        &mut self,
+        now: u64,
+        store: &mut dyn SharedStore,
+        owner: Owner,
+        out: &mut Vec<Action>,
+    ) -> Status {
+        let mut wait = false;
+        for i in 0..self.secrets.len() {
+            match self.status(i, now, store, owner, out) {
+                Status::Usable => {}
+                Status::Wait => wait = true,
+                failed @ Status::Failed(_) => return failed,
+            }
+        }
+        if wait {
+            Status::Wait
+        } else {
+            Status::Usable
+        }
+    }
+
+    fn status(
+        &mut self,
+        i: usize,
+        now: u64,
+        store: &mut dyn SharedStore,
+        owner: Owner,
+        out: &mut Vec<Action>,
+    ) -> Status {
+        let fresh = self
+            .secrets
+            .get(i)
+            .and_then(|s| s.entry.as_ref())
+            .is_some_and(|e| !e.expired(now));
+        if fresh {
+            return Status::Usable;
+        }
+        // Stale or missing here: another VM may have fetched a newer value.
+        self.sync(i, store);
+        if self.usable(i, now) {
+            return Status::Usable;
+        }
+        let Some(secret) = self.secrets.get(i) else {
+            return Status::Failed("internal: unknown secret".into());
+        };
+        if secret.fetch.is_some() {
+            return Status::Wait;
+        }
+        if let Some(e) = &secret.entry {
+            if now < e.retry_at {
+                let reason = e.error.clone().unwrap_or_else(|| "fetch failed".into());
+                return Status::Failed(format!("{}: {reason}", self.describe(i)));
+            }
+        }
+        if !self.start_fetch(i, now, store, owner, out) {
+            // Another VM holds the lease (its result arrives via shared
+            // data), or the fetch failed at once (recorded; next pass fails).
+            if let Some(e) = self.secrets.get(i).and_then(|s| s.entry.as_ref()) {
+                if now < e.retry_at && e.usable(now).is_none() {
+                    let reason = e.error.clone().unwrap_or_else(|| "fetch failed".into());
+                    return Status::Failed(format!("{}: {reason}", self.describe(i)));
+                }
+            }
+        }
+        Status::Wait
+    }
+
+    fn usable(&mut self, i: usize, now: u64) -> bool {
+        let Some(e) = self.secrets.get(i).and_then(|s| s.entry.as_ref()) else {
+            return false;
+        };
+        if e.usable(now).is_none() {
+            return false;
+        }
+        if e.expired(now) {
+            self.stats.stale_served += 1;
+        }
+        true
+    }
+
+    /// Adopt the shared-data entry if it is newer than ours.
+    fn sync(&mut self, i: usize, store: &dyn SharedStore) {
+        let Some(s) = self.secrets.get(i) else { return };
+        let Some(shared) = cache::load(store, &s.skey, &s.descriptor) else {
+            return;
+        };
+        let newer = s
+            .entry
+            .as_ref()
+            .is_none_or(|mine| shared.updated_at > mine.updated_at);
+        if newer {
+            self.adopt(i, shared);
+        }
+    }
+
+    fn adopt(&mut self, i: usize, entry: Entry) {
+        let changed_value = self
+            .secrets
+            .get(i)
+            .and_then(|s| s.entry.as_ref())
+            .is_none_or(|old| old.value != entry.value);
+        if let Some(s) = self.secrets.get_mut(i) {
+            s.entry = Some(entry);
+        }
+        self.dirty = true;
+        if changed_value {
+            self.derive(i);
+            self.rendered = None;
+        }
+    }
+
+    /// Recompute the header-safe values of every reference to secret `i`.
+    fn derive(&mut self, i: usize) {
+        let value = self
+            .secrets
+            .get(i)
+            .and_then(|s| s.entry.as_ref())
+            .and_then(|e| e.value.clone());
+        for slot in self.refs.iter_mut().filter(|r| r.secret == i) {
+            slot.value = match &value {
+                None => Err("no value".into()),
+                Some(v) => match &slot.key {
+                    None => header_safe(v.clone()),
+                    Some(key) => secrets_manager::extract_key(v, key)
+                        .map_err(|e| format!("key '{key}': {e}"))
+                        .and_then(header_safe),
+                },
+            };
+        }
+    }
+
+    /// Try to start a GetSecretValue for secret `i`. False when another VM
+    /// holds the lease or the request could not be built (failure recorded).
+    fn start_fetch(
+        &mut self,
+        i: usize,
+        now: u64,
+        store: &mut dyn SharedStore,
+        owner: Owner,
+        out: &mut Vec<Action>,
+    ) -> bool {
+        let Some(s) = self.secrets.get(i) else {
+            return false;
+        };
+        let t = &s.target;
+        let deadline = now + u64::from(t.timeout_ms) + CALLOUT_GRACE_MS;
+        if !Lease::acquire(store, &s.lease_key, self.holder, now, deadline) {
+            return false;
+        }
+        let mut request =
+            secrets_manager::get_secret_value_request(&t.endpoint, &t.secret_id, t.stage);
+        let signed = match &self.credentials {
+            None => Err("no AWS credentials: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY are not set in the filter's environment".to_string()),
+            Some(creds) => {
+                let time = SystemTime::UNIX_EPOCH + Duration::from_millis(now);
+                sigv4::sign(&mut request, creds, &t.region, "secretsmanager", time)
+                    .map_err(|e| format!("signing failed: {e}"))
+            }
+        };
+        let (upstream, timeout_ms, lease_key) =
+            (t.upstream.clone(), t.timeout_ms, s.lease_key.clone());
+        if let Err(reason) = signed {
+            Lease::release(store, &lease_key, self.holder);
+            self.record_failure(i, reason, false, now, store, out);
+            return false;
+        }
+        let id = self.next_fetch;
+        self.next_fetch += 1;
+        self.fetches.insert(
+            id,
+            Fetch {
+                secret: i,
+                owner,
+                deadline,
+            },
+        );
+        if let Some(s) = self.secrets.get_mut(i) {
+            s.fetch = Some(id);
+        }
+        self.stats.fetches_started += 1;
+        out.push(Action::Log {
+            level: Level::Debug,
+            message: format!("fetching {} via upstream '{upstream}'", self.describe(i)),
+        });
+        out.push(Action::Dispatch {
+            fetch: id,
+            upstream,
+            request,
+            timeout_ms,
+        });
+        true
+    }
+
+    fn record_success(
+        &mut self,
+        i: usize,
+        value: String,
+        now: u64,
+        store: &mut dyn SharedStore,
+        out: &mut Vec<Action>,
+    ) {
+        self.stats.fetches_succeeded += 1;
+        let Some(s) = self.secrets.get(i) else { return };
+        let mut entry = self.base_entry(i, store);
+        entry.succeed(value, now, s.target.ttl, s.target.resurrect_ttl);
+        let current = cache::publish(store, &s.skey, &entry);
+        out.push(Action::Log {
+            level: Level::Info,
+            message: format!("fetched {}", self.describe(i)),
+        });
+        self.adopt(i, current);
+    }
+
+    fn record_failure(
+        &mut self,
+        i: usize,
+        reason: String,
+        cacheable: bool,
+        now: u64,
+        store: &mut dyn SharedStore,
+        out: &mut Vec<Action>,
+    ) {
+        self.stats.fetches_failed += 1;
+        let jitter = self.random_unit();
+        let Some(s) = self.secrets.get(i) else { return };
+        let mut entry = self.base_entry(i, store);
+        entry.fail(reason.clone(), cacheable, now, s.target.neg_ttl, jitter);
+        let current = cache::publish(store, &s.skey, &entry);
+        let serving = if current.usable(now).is_some() {
+            " (still serving the previous value)"
+        } else {
+            ""
+        };
+        out.push(Action::Log {
+            level: Level::Warn,
+            message: format!(
+                "fetching {} failed: {reason}; retry in {} ms{serving}",
+                self.describe(i),
+                current.retry_at.saturating_sub(now)
+            ),
+        });
+        self.adopt(i, current);
+    }
+
+    /// The entry to update: the newest of ours and the shared one.
+    fn base_entry(&self, i: usize, store: &dyn SharedStore) -> Entry {
+        let Some(s) = self.secrets.get(i) else {
+            return Entry::default();
+        };
+        let shared = cache::load(store, &s.skey, &s.descriptor);
+        let mine = s.entry.clone();
+        let mut base = match (mine, shared) {
+            (Some(m), Some(sh)) => {
+                if sh.updated_at > m.updated_at {
+                    sh
+                } else {
+                    m
+                }
+            }
+            (Some(m), None) => m,
+            (None, Some(sh)) => sh,
+            (None, None) => Entry::default(),
+        };
+        base.key = s.descriptor.clone();
+        base
+    }
+
+    /// Resolve waiters after secret states changed.
+    fn flush(
+        &mut self,
+        now: u64,
+        store: &mut dyn SharedStore,
+        owner: Owner,
+        out: &mut Vec<Action>,
+    ) {
+        // A failure recorded while evaluating makes another pass worthwhile;
+        // bounded, since each pass only records failures with a retry_at ahead.
+        for _ in 0..3 {
+            if !self.dirty && !self.waiters_overdue(now) {
+                return;
+            }
+            self.dirty = false;
+            if self.waiters.is_empty() {
+                return;
+            }
+            let status = self.evaluate(now, store, owner, out);
+            match status {
+                Status::Wait => {
+                    let overdue: Vec<u32> = self
+                        .waiters
+                        .iter()
+                        .filter(|(_, since)| now.saturating_sub(**since) > self.max_wait_ms())
+                        .map(|(ctx, _)| *ctx)
+                        .collect();
+                    for ctx in overdue {
+                        self.waiters.remove(&ctx);
+                        self.reject_log(Some(ctx), "timed out waiting for secrets", out);
+                    }
+                }
+                Status::Usable => {
+                    let waiters = std::mem::take(&mut self.waiters);
+                    match self.render() {
+                        Ok(rendered) => {
+                            for ctx in waiters.into_keys() {
+                                out.push(Action::Resume {
+                                    ctx,
+                                    headers: Rc::clone(&rendered),
+                                });
+                            }
+                        }
+                        Err(reason) => {
+                            for ctx in waiters.into_keys() {
+                                self.reject_log(Some(ctx), &reason, out);
+                            }
+                        }
+                    }
+                }
+                Status::Failed(reason) => {
+                    let waiters = std::mem::take(&mut self.waiters);
+                    for ctx in waiters.into_keys() {
+                        self.reject_log(Some(ctx), &reason, out);
+                    }
+                }
+            }
+        }
+    }
+
+    fn waiters_overdue(&self, now: u64) -> bool {
+        self.waiters
+            .values()
+            .any(|since| now.saturating_sub(*since) > self.max_wait_ms())
+    }
+
+    /// A paused request is failed after this long, whatever happens.
+    fn max_wait_ms(&self) -> u64 {
+        let longest = self
+            .secrets
+            .iter()
+            .map(|s| u64::from(s.target.timeout_ms))
+            .max()
+            .unwrap_or(0);
+        2 * (longest + CALLOUT_GRACE_MS)
+    }
+
+    fn reject_log(&mut self, ctx: Option<u32>, reason: &str, out: &mut Vec<Action>) {
+        self.stats.requests_failed += 1;
+        out.push(Action::Log {
+            level: Level::Warn,
+            message: format!("request failed with 503: {reason}"),
+        });
+        if let Some(ctx) = ctx {
+            out.push(Action::Reject { ctx });
+        }
+    }
+
+    /// Render every header; cached until a secret value changes.
+    fn render(&mut self) -> Result<Rc<Rendered>, String> {
+        if let Some(r) = &self.rendered {
+            return r.clone();
+        }
+        let r = self.render_now().map(Rc::new);
+        self.rendered = Some(r.clone());
+        r
+    }
+
+    fn render_now(&self) -> Result<Rendered, String> {
+        let one = |h: &CompiledHeader| -> Result<(String, String), String> {
+            let mut value = String::new();
+            for part in &h.parts {
+                match part {
+                    Part::Lit(text) => value.push_str(text),
+                    Part::Ref(i) => {
+                        let slot = self.refs.get(*i).ok_or("internal: unknown reference")?;
+                        let v = slot
+                            .value
+                            .as_ref()
+                            .map_err(|e| format!("reference {} failed: {e}", slot.text))?;
+                        value.push_str(v);
+                    }
+                }
+            }
+            if value.len() > MAX_HEADER_VALUE_LEN {
+                return Err(format!(
+                    "header {} would be longer than {MAX_HEADER_VALUE_LEN} bytes",
+                    h.name
+                ));
+            }
+            Ok((h.name.clone(), value))
+        };
+        Ok(Rendered {
+            request: self.request.iter().map(one).collect::<Result<_, _>>()?,
+            response: self.response.iter().map(one).collect::<Result<_, _>>()?,
+        })
+    }
+
+    /// `aws/prod/db (AWSCURRENT)`: names a secret in logs, never its value.
+    fn describe(&self, i: usize) -> String {
+        match self.secrets.get(i) {
+            Some(s) => format!(
+                "secret '{}' (vault {}, {}, {})",
+                s.target.secret_id,
+                s.target.vault,
+                s.target.region,
+                s.target.stage.as_str()
+            ),
+            None => "unknown secret".into(),
+        }
+    }
+
+    /// xorshift64*, in [0, 1): jitter needs spread, not cryptographic strength.
+    fn random_unit(&mut self) -> f64 {
+        let mut x = self.rng;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.rng = x;
+        (x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// A value may go into a header only if it has no control characters (CR, LF,
+/// NUL, TAB, DEL...) and is not too long: a secret must never split a header.
+fn header_safe(value: String) -> Result<String, String> {
+    if value.len() > MAX_HEADER_VALUE_LEN {
+        return Err(format!("value is longer than {MAX_HEADER_VALUE_LEN} bytes"));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(
+            "value contains control characters (CR, LF, NUL, ...) and cannot go into a header"
+                .into(),
+        );
+    }
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,484 @@
+//! The engine driven natively: several VMs sharing one fake store, a fake
+//! clock and canned AWS answers, under Envoy's and Kong's store semantics.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+use super::*;
+use crate::host::fake::{FakeStore, HostKind};
+
+const CONFIG: &str = r#"{
+  "aws": {"region": "us-east-1", "endpoint_url": "http://127.0.0.1:4566", "upstream": "moto", "ttl": 10, "resurrect_ttl": 20},
+  "request_headers": {"authorization": "Bearer {vault://aws/prod/api/token}", "x-two": "{vault://aws/prod/api/user}:{vault://aws/prod/api/token}"},
+  "response_headers": {"x-resp": "{vault://aws/resp}"}
+}"#;
+
+fn creds() -> Credentials {
+    Credentials {
+        access_key_id: "AKID".into(),
+        secret_access_key: "SECRET".into(),
+        session_token: None,
+    }
+}
+
+fn ok(secret_string: &str) -> CalloutResult {
+    let body = serde_json::json!({"ARN": "arn", "Name": "n", "SecretString": secret_string});
+    CalloutResult::Response(HttpResponse {
+        status: 200,
+        headers: vec![],
+        body: body.to_string().into_bytes(),
+    })
+}
+
+fn aws_error(status: u16, code: &str) -> CalloutResult {
+    CalloutResult::Response(HttpResponse {
+        status,
+        headers: vec![],
+        body: format!(r#"{{"__type":"{code}","message":"nope"}}"#).into_bytes(),
+    })
+}
+
+/// A proxy: VMs sharing a store, a clock.
+struct Proxy {
+    store: FakeStore,
+    vms: Vec<Engine>,
+    now: u64,
+}
+
+impl Proxy {
+    fn new(kind: HostKind, vms: usize, config: &str) -> Proxy {
+        let config = Config::parse(config, &|_| None).unwrap();
+        Proxy {
+            store: FakeStore::new(kind),
+            vms: (0..vms)
+                .map(|i| Engine::new(&config, Some(creds()), 1000 + i as u64 * 7919).unwrap())
+                .collect(),
+            now: 1_700_000_000_000,
+        }
+    }
+
+    fn request(&mut self, vm: usize, ctx: u32) -> (Decision, Vec<Action>) {
+        let mut out = Vec::new();
+        let d = self.vms[vm].on_request(ctx, self.now, &mut self.store, &mut out);
+        (d, out)
+    }
+
+    fn tick(&mut self, vm: usize) -> Vec<Action> {
+        let mut out = Vec::new();
+        self.vms[vm].on_tick(self.now, &mut self.store, &mut out);
+        out
+    }
+
+    fn answer(&mut self, vm: usize, fetch: u64, result: CalloutResult) -> Vec<Action> {
+        let mut out = Vec::new();
+        self.vms[vm].on_callout(
+            fetch,
+            result,
+            self.now,
+            &mut self.store,
+            Owner::Root,
+            &mut out,
+        );
+        out
+    }
+
+    /// Answer every dispatch in `actions` with `result`, returning the follow-up actions.
+    fn answer_all(&mut self, vm: usize, actions: &[Action], result: &CalloutResult) -> Vec<Action> {
+        let mut out = Vec::new();
+        for id in dispatches(actions) {
+            out.extend(self.answer(vm, id, result.clone()));
+        }
+        out
+    }
+}
+
+fn dispatches(actions: &[Action]) -> Vec<u64> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Dispatch { fetch, .. } => Some(*fetch),
+            _ => None,
+        })
+        .collect()
+}
+
+fn dispatch_bodies(actions: &[Action]) -> Vec<String> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Dispatch { request, .. } => {
+                Some(String::from_utf8(request.body.clone()).unwrap())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn resumed(actions: &[Action]) -> Vec<(u32, Rc<Rendered>)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Resume { ctx, headers } => Some((*ctx, headers.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn rejected(actions: &[Action]) -> Vec<u32> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Reject { ctx } => Some(*ctx),
+            _ => None,
+        })
+        .collect()
+}
+
+fn logs(actions: &[Action]) -> String {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Log { message, .. } => Some(message.as_str()),
+            _ => None,
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn header<'a>(headers: &'a Headers, name: &str) -> &'a str {
+    &headers.iter().find(|(n, _)| n == name).unwrap().1
+}
+
+/// Bring the two secrets of CONFIG into the cache through VM 0.
+fn warm(p: &mut Proxy) {
+    let out = p.tick(0);
+    let bodies = dispatch_bodies(&out);
+    assert_eq!(bodies.len(), 2, "prefetch fetches both secrets once");
+    for (id, body) in dispatches(&out).into_iter().zip(bodies) {
+        let result = if body.contains("prod/api") {
+            ok(r#"{"token":"t0k","user":"alice"}"#)
+        } else {
+            ok("resp-value")
+        };
+        p.answer(0, id, result);
+    }
+}
+
+fn both(test: impl Fn(HostKind)) {
+    test(HostKind::Envoy);
+    test(HostKind::Kong);
+}
+
+#[test]
+fn cold_request_pauses_fetches_once_and_resumes_all() {
+    both(|kind| {
+        let mut p = Proxy::new(kind, 1, CONFIG);
+        let (d1, out1) = p.request(0, 1);
+        assert_eq!(d1, Decision::Pause);
+        assert_eq!(dispatches(&out1).len(), 2, "two secrets, each fetched once");
+        let body = dispatch_bodies(&out1).join(" ");
+        assert!(body.contains(r#""SecretId":"prod/api""#), "{body}");
+        let (d2, out2) = p.request(0, 2);
+        assert_eq!(d2, Decision::Pause);
+        assert!(
+            dispatches(&out2).is_empty(),
+            "second waiter shares the fetch"
+        );
+        let ids = dispatches(&out1);
+        let bodies = dispatch_bodies(&out1);
+        let mut out = Vec::new();
+        for (id, body) in ids.into_iter().zip(bodies) {
+            let r = if body.contains("prod/api") {
+                ok(r#"{"token":"t0k","user":"alice"}"#)
+            } else {
+                ok("resp-value")
+            };
+            out.extend(p.answer(0, id, r));
+        }
+        let r = resumed(&out);
+        assert_eq!(r.iter().map(|(c, _)| *c).collect::<Vec<_>>(), vec![1, 2]);
+        let h = &r[0].1;
+        assert_eq!(header(&h.request, "authorization"), "Bearer t0k");
+        assert_eq!(header(&h.request, "x-two"), "alice:t0k");
+        assert_eq!(header(&h.response, "x-resp"), "resp-value");
+        assert_eq!(p.vms[0].waiting(), 0);
+        // Warm now: no pause, no host fetch.
+        let (d3, out3) = p.request(0, 3);
+        assert!(matches!(d3, Decision::Continue(_)));
+        assert!(dispatches(&out3).is_empty());
+    });
+}
+
+#[test]
+fn requests_are_signed_for_the_vault_region() {
+    let mut p = Proxy::new(HostKind::Envoy, 1, CONFIG);
+    let out = p.tick(0);
+    let Some(Action::Dispatch {
+        upstream,
+        request,
+        timeout_ms,
+        ..
+    }) = out.iter().find(|a| matches!(a, Action::Dispatch { .. }))
+    else {
+        panic!("no dispatch")
+    };
+    assert_eq!(upstream, "moto");
+    assert_eq!(*timeout_ms, crate::config::DEFAULT_TIMEOUT_MS);
+    assert_eq!(request.authority, "127.0.0.1:4566");
+    let auth = request
+        .headers
+        .iter()
+        .find(|(n, _)| n == "authorization")
+        .unwrap();
+    assert!(
+        auth.1.contains("/us-east-1/secretsmanager/aws4_request"),
+        "{}",
+        auth.1
+    );
+}
+
+#[test]
+fn one_fetch_for_the_whole_proxy_other_vms_pick_it_up() {
+    both(|kind| {
+        let mut p = Proxy::new(kind, 3, CONFIG);
+        let out0 = p.tick(0);
+        assert_eq!(dispatches(&out0).len(), 2);
+        // Other VMs tick and get requests meanwhile: lease held, no fetch.
+        assert!(dispatches(&p.tick(1)).is_empty(), "{kind:?}");
+        let (d, out) = p.request(2, 7);
+        assert_eq!(d, Decision::Pause);
+        assert!(dispatches(&out).is_empty(), "{kind:?}");
+        // VM 0 gets the answers and publishes them.
+        let bodies = dispatch_bodies(&out0);
+        for (id, body) in dispatches(&out0).into_iter().zip(bodies) {
+            let r = if body.contains("prod/api") {
+                ok(r#"{"token":"t0k","user":"alice"}"#)
+            } else {
+                ok("resp-value")
+            };
+            p.answer(0, id, r);
+        }
+        // VM 2's waiter is resumed by its next tick, from shared data.
+        p.now += 200;
+        let out = p.tick(2);
+        assert!(dispatches(&out).is_empty());
+        let r = resumed(&out);
+        assert_eq!(r.len(), 1);
+        assert_eq!(header(&r[0].1.request, "authorization"), "Bearer t0k");
+        // VM 1 serves without pausing.
+        assert!(matches!(p.request(1, 9).0, Decision::Continue(_)));
+    });
+}
+
+#[test]
+fn expiry_refreshes_in_background_and_serves_stale_meanwhile() {
+    both(|kind| {
+        let mut p = Proxy::new(kind, 2, CONFIG);
+        warm(&mut p);
+        p.now += 10_000; // ttl passed
+        let (d, out) = p.request(1, 1);
+        assert!(matches!(d, Decision::Continue(_)), "stale value served");
+        assert!(
+            dispatches(&out).is_empty(),
+            "requests never fetch a refresh"
+        );
+        let out = p.tick(1);
+        let ids = dispatches(&out);
+        assert_eq!(ids.len(), 2, "tick refreshes both");
+        assert!(
+            dispatches(&p.tick(0)).is_empty(),
+            "lease: one refresh per proxy"
+        );
+        let bodies = dispatch_bodies(&out);
+        for (id, body) in ids.into_iter().zip(bodies) {
+            let r = if body.contains("prod/api") {
+                ok(r#"{"token":"new","user":"bob"}"#)
+            } else {
+                ok("resp2")
+            };
+            p.answer(1, id, r);
+        }
+        let Decision::Continue(h) = p.request(0, 2).0 else {
+            panic!()
+        };
+        assert_eq!(
+            header(&h.request, "authorization"),
+            "Bearer new",
+            "VM 0 picks up the new value"
+        );
+    });
+}
+
+#[test]
+fn refresh_failures_serve_stale_until_resurrect_ttl_then_fail() {
+    both(|kind| {
+        let mut p = Proxy::new(kind, 1, CONFIG);
+        warm(&mut p);
+        p.now += 10_000;
+        let out = p.tick(0);
+        let out = p.answer_all(0, &out, &aws_error(500, "InternalServiceError"));
+        assert!(
+            logs(&out).contains("still serving the previous value"),
+            "{}",
+            logs(&out)
+        );
+        assert!(matches!(p.request(0, 1).0, Decision::Continue(_)));
+        // Backoff: no new fetch right away.
+        assert!(dispatches(&p.tick(0)).is_empty());
+        p.now += 19_999; // just inside the resurrect window (ttl 10 + resurrect 20)
+        assert!(matches!(p.request(0, 2).0, Decision::Continue(_)));
+        let out = p.tick(0);
+        p.answer_all(0, &out, &aws_error(503, "ServiceUnavailable"));
+        p.now += 2;
+        let (d, out) = p.request(0, 3);
+        assert_eq!(d, Decision::Reject, "{}", logs(&out));
+        assert!(logs(&out).contains("ServiceUnavailable"), "{}", logs(&out));
+        assert!(!logs(&out).contains("t0k"));
+    });
+}
+
+#[test]
+fn not_found_rejects_waiters_and_fails_fast_until_retry() {
+    both(|kind| {
+        let mut p = Proxy::new(kind, 1, CONFIG);
+        let (_, out) = p.request(0, 1);
+        let out = p.answer_all(0, &out, &aws_error(400, "ResourceNotFoundException"));
+        assert_eq!(rejected(&out), vec![1]);
+        assert!(logs(&out).contains("ResourceNotFoundException"));
+        let (d, out) = p.request(0, 2);
+        assert_eq!(d, Decision::Reject);
+        assert!(dispatches(&out).is_empty(), "backoff: AWS is not hammered");
+        p.now += 1_000;
+        let out = p.tick(0);
+        assert_eq!(dispatches(&out).len(), 2, "retried after backoff");
+    });
+}
+
+#[test]
+fn bad_values_are_never_injected() {
+    let cases = [
+        (
+            r#"{"token":"a\r\nX-Evil: 1","user":"u"}"#,
+            "control characters",
+        ),
+        (r#"{"user":"u"}"#, "key 'token'"),
+        (r#"{"token":5,"user":"u"}"#, "key 'token'"),
+        ("not json", "key 'token'"),
+    ];
+    for (secret, why) in cases {
+        let mut p = Proxy::new(HostKind::Envoy, 1, CONFIG);
+        let (_, out) = p.request(0, 1);
+        let bodies = dispatch_bodies(&out);
+        let mut follow = Vec::new();
+        for (id, body) in dispatches(&out).into_iter().zip(bodies) {
+            let r = if body.contains("prod/api") {
+                ok(secret)
+            } else {
+                ok("fine")
+            };
+            follow.extend(p.answer(0, id, r));
+        }
+        assert_eq!(rejected(&follow), vec![1], "{secret}");
+        let l = logs(&follow);
+        assert!(l.contains(why), "{secret}: {l}");
+        assert!(
+            !l.contains("Evil") && !l.contains("not json"),
+            "no value in logs: {l}"
+        );
+    }
+}
+
+#[test]
+fn lost_callouts_expire_and_orphans_are_refetched() {
+    both(|kind| {
+        let mut p = Proxy::new(kind, 1, CONFIG);
+        let (_, out) = p.request(0, 1);
+        assert_eq!(dispatches(&out).len(), 2);
+        // Client 1 goes away: its callouts' answers will never be delivered.
+        p.vms[0].on_context_done(1, &mut p.store);
+        let (d, out) = p.request(0, 2);
+        assert_eq!(d, Decision::Pause);
+        let again = dispatches(&out);
+        assert_eq!(again.len(), 2, "orphaned fetches are redone");
+        // These answers never come (Kong <= 3.8): the tick gives up on them.
+        p.now += u64::from(crate::config::DEFAULT_TIMEOUT_MS) + CALLOUT_GRACE_MS;
+        let out = p.tick(0);
+        assert_eq!(rejected(&out), vec![2], "{}", logs(&out));
+        assert!(logs(&out).contains("callout lost"));
+        // A late answer for a given-up fetch is ignored.
+        assert!(p.answer(0, again[0], ok("x")).is_empty());
+    });
+}
+
+#[test]
+fn waiters_never_wait_forever() {
+    let mut p = Proxy::new(HostKind::Kong, 2, CONFIG);
+    p.tick(0); // VM 0 takes the leases and never answers
+    let (d, _) = p.request(1, 5);
+    assert_eq!(d, Decision::Pause);
+    let mut rejected_at = None;
+    for step in 1..200 {
+        p.now += 200;
+        let out = p.tick(1);
+        if rejected(&out).contains(&5) {
+            rejected_at = Some(step);
+            break;
+        }
+    }
+    assert!(
+        rejected_at.is_some(),
+        "waiter on another VM's lost fetch was failed"
+    );
+}
+
+#[test]
+fn missing_credentials_fail_with_a_clear_reason() {
+    let config = Config::parse(CONFIG, &|_| None).unwrap();
+    let mut e = Engine::new(&config, None, 1).unwrap();
+    let mut store = FakeStore::new(HostKind::Envoy);
+    let mut out = Vec::new();
+    let d = e.on_request(1, 1_000, &mut store, &mut out);
+    assert_eq!(d, Decision::Reject);
+    assert!(logs(&out).contains("no AWS credentials"), "{}", logs(&out));
+}
+
+#[test]
+fn dispatch_refused_fails_the_request() {
+    let mut p = Proxy::new(HostKind::Envoy, 1, CONFIG);
+    let (_, out) = p.request(0, 1);
+    let mut follow = Vec::new();
+    for id in dispatches(&out) {
+        let mut o = Vec::new();
+        p.vms[0].on_dispatch_error(
+            id,
+            "BadArgument".into(),
+            p.now,
+            &mut p.store,
+            Owner::Ctx(1),
+            &mut o,
+        );
+        follow.extend(o);
+    }
+    assert_eq!(rejected(&follow), vec![1]);
+}
+
+#[test]
+fn shared_entries_never_hold_another_secret() {
+    // Whatever a colliding or corrupt entry holds, it is not used.
+    let mut p = Proxy::new(HostKind::Kong, 1, CONFIG);
+    let keys: Vec<String> = p.vms[0].secrets.iter().map(|s| s.skey.clone()).collect();
+    for k in &keys {
+        let mut other = Entry {
+            key: "someone-else".into(),
+            ..Entry::default()
+        };
+        other.succeed("foreign".into(), p.now, 0.0, 0.0);
+        p.store.set(k, &other.encode(), None).unwrap();
+    }
+    let (d, out) = p.request(0, 1);
+    assert_eq!(d, Decision::Pause);
+    assert_eq!(dispatches(&out).len(), 2);
+}

@@ -1,0 +1,99 @@
+//! A fake host for native tests, with Envoy's and Kong's differing semantics.
+
+use std::collections::HashMap;
+
+use super::{SharedStore, StoreError};
+
+/// Which host's semantics to model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostKind {
+    /// proxy-wasm-cpp-host: `cas None` writes unconditionally; a cas on a
+    /// missing key is accepted.
+    Envoy,
+    /// ngx_wasm_module: a write succeeds only if cas equals the current cas;
+    /// `cas None` (0) means "only if absent".
+    Kong,
+}
+
+/// Shared data as a host keeps it: value plus a cas that changes on every write.
+#[derive(Debug, Clone)]
+pub struct FakeStore {
+    kind: HostKind,
+    map: HashMap<String, (Vec<u8>, u32)>,
+    next_cas: u32,
+}
+
+impl FakeStore {
+    pub fn new(kind: HostKind) -> Self {
+        FakeStore {
+            kind,
+            map: HashMap::new(),
+            next_cas: 1,
+        }
+    }
+
+    pub fn kind(&self) -> HostKind {
+        self.kind
+    }
+
+    /// Keys currently stored (for assertions).
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.map.keys().map(String::as_str)
+    }
+}
+
+impl SharedStore for FakeStore {
+    fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+        match self.map.get(key) {
+            Some((v, cas)) => (Some(v.clone()), Some(*cas)),
+            None => (None, None),
+        }
+    }
+
+    fn set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), StoreError> {
+        let current = self.map.get(key).map(|(_, c)| *c);
+        let allowed = match (self.kind, cas, current) {
+            (HostKind::Envoy, None, _) => true,
+            (HostKind::Envoy, Some(c), Some(cur)) => c == cur,
+            (HostKind::Envoy, Some(_), None) => true,
+            (HostKind::Kong, None, None) => true,
+            (HostKind::Kong, None, Some(_)) => false,
+            (HostKind::Kong, Some(c), cur) => Some(c) == cur,
+        };
+        if !allowed {
+            return Err(StoreError::CasMismatch);
+        }
+        let cas = self.next_cas;
+        self.next_cas = self.next_cas.wrapping_add(1).max(1);
+        self.map.insert(key.to_string(), (value.to_vec(), cas));
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envoy_cas_semantics() {
+        let mut s = FakeStore::new(HostKind::Envoy);
+        s.set("k", b"a", None).unwrap();
+        s.set("k", b"b", None).unwrap();
+        let (_, cas) = s.get("k");
+        s.set("k", b"c", cas).unwrap();
+        assert_eq!(s.set("k", b"d", cas), Err(StoreError::CasMismatch));
+        s.set("new", b"x", Some(42)).unwrap();
+    }
+
+    #[test]
+    fn kong_cas_semantics() {
+        let mut s = FakeStore::new(HostKind::Kong);
+        s.set("k", b"a", None).unwrap();
+        assert_eq!(s.set("k", b"b", None), Err(StoreError::CasMismatch));
+        let (_, cas) = s.get("k");
+        s.set("k", b"c", cas).unwrap();
+        assert_eq!(s.set("k", b"d", cas), Err(StoreError::CasMismatch));
+        assert_eq!(s.set("new", b"x", Some(42)), Err(StoreError::CasMismatch));
+    }
+}
