@@ -265,10 +265,7 @@ impl RootContext for Root {
             Ok(engine) => {
                 log(
                     Level::Info,
-                    &format!(
-                        "aws_vault: configuration accepted ({} secrets)",
-                        engine.secret_count()
-                    ),
+                    &format!("configuration accepted ({} secrets)", engine.secret_count()),
                 );
                 ENGINE.with(|cell| {
                     if let Ok(mut slot) = cell.try_borrow_mut() {
@@ -283,10 +280,7 @@ impl RootContext for Root {
                 true
             }
             Err(e) => {
-                log(
-                    Level::Error,
-                    &format!("aws_vault: invalid configuration: {e}"),
-                );
+                log(Level::Error, &format!("invalid configuration: {e}"));
                 false
             }
         }
