@@ -96,16 +96,67 @@ pub enum Decision {
     Reject,
 }
 
-/// Counters for metrics; the host shell turns them into proxy-wasm metrics.
+/// Counters for metrics; the host shell publishes them as proxy-wasm
+/// counters named `aws_vault.<field>` (failures: `aws_vault.fetches_failed.<reason>`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Stats {
-    pub requests_ready: u64,
-    pub requests_paused: u64,
+    /// Requests whose secrets were all cached (no pause).
+    pub cache_hits: u64,
+    /// Requests that had to pause for a fetch.
+    pub cache_misses: u64,
+    /// Requests answered 503.
     pub requests_failed: u64,
+    /// Secret uses of an expired value inside its resurrect window.
     pub stale_served: u64,
     pub fetches_started: u64,
+    /// Fetches started for a secret that already had a value (rotation).
+    pub refreshes: u64,
     pub fetches_succeeded: u64,
-    pub fetches_failed: u64,
+    /// Failed fetches by reason (see [`FAILURE_REASONS`]).
+    pub fetches_failed: [u64; FAILURE_REASONS.len()],
+}
+
+/// Labels of failed fetches, for metrics.
+pub const FAILURE_REASONS: [&str; 10] = [
+    "not_found",
+    "access_denied",
+    "decryption",
+    "invalid_request",
+    "throttling",
+    "credentials",
+    "server",
+    "malformed",
+    "callout",
+    "other",
+];
+
+impl Stats {
+    /// Every counter as `(metric name suffix, value)`.
+    pub fn counters(&self) -> Vec<(String, u64)> {
+        let mut out = vec![
+            ("cache_hits".to_string(), self.cache_hits),
+            ("cache_misses".to_string(), self.cache_misses),
+            ("requests_failed".to_string(), self.requests_failed),
+            ("stale_served".to_string(), self.stale_served),
+            ("fetches_started".to_string(), self.fetches_started),
+            ("refreshes".to_string(), self.refreshes),
+            ("fetches_succeeded".to_string(), self.fetches_succeeded),
+        ];
+        for (reason, n) in FAILURE_REASONS.iter().zip(self.fetches_failed) {
+            out.push((format!("fetches_failed.{reason}"), n));
+        }
+        out
+    }
+
+    fn failed(&mut self, reason: &str) {
+        let i = FAILURE_REASONS
+            .iter()
+            .position(|r| *r == reason)
+            .unwrap_or(FAILURE_REASONS.len() - 1);
+        if let Some(n) = self.fetches_failed.get_mut(i) {
+            *n += 1;
+        }
+    }
 }
 
 struct Secret {
@@ -272,7 +323,7 @@ impl Engine {
         let decision = match self.evaluate(now, store, Owner::Ctx(ctx), out) {
             Status::Usable => match self.render() {
                 Ok(rendered) => {
-                    self.stats.requests_ready += 1;
+                    self.stats.cache_hits += 1;
                     Decision::Continue(rendered)
                 }
                 Err(reason) => {
@@ -285,7 +336,7 @@ impl Engine {
                 Decision::Reject
             }
             Status::Wait => {
-                self.stats.requests_paused += 1;
+                self.stats.cache_misses += 1;
                 self.waiters.insert(ctx, now);
                 Decision::Pause
             }
@@ -315,23 +366,27 @@ impl Engine {
         }
         Lease::release(store, &secret.lease_key, self.holder);
         let outcome = match result {
-            CalloutResult::Failed(reason) => Err((format!("callout failed: {reason}"), false)),
+            CalloutResult::Failed(reason) => {
+                Err((format!("callout failed: {reason}"), false, "callout"))
+            }
             CalloutResult::Response(resp) => match secrets_manager::parse_get_secret_value(&resp) {
                 Ok(SecretValue::String(value)) => Ok(value),
                 Ok(SecretValue::Binary(_)) => Err((
                     "the secret holds SecretBinary, not SecretString (not supported, as in Kong)"
                         .to_string(),
                     true,
+                    "other",
                 )),
                 Err(e) => {
                     let cacheable = !e.kind.is_retryable();
-                    Err((e.to_string(), cacheable))
+                    Err((e.to_string(), cacheable, e.kind.as_str()))
                 }
             },
         };
         match outcome {
             Ok(value) => self.record_success(f.secret, value, now, store, out),
-            Err((reason, cacheable)) => {
+            Err((reason, cacheable, label)) => {
+                self.stats.failed(label);
                 self.record_failure(f.secret, reason, cacheable, now, store, out)
             }
         }
@@ -395,6 +450,7 @@ impl Engine {
                 Lease::release(store, &s.lease_key, self.holder);
             }
             let reason = "callout lost: no answer before its timeout".to_string();
+            self.stats.failed("callout");
             self.record_failure(secret, reason, false, now, store, out);
         }
         for i in 0..self.secrets.len() {
@@ -577,6 +633,7 @@ impl Engine {
             (t.upstream.clone(), t.timeout_ms, s.lease_key.clone());
         if let Err(reason) = signed {
             Lease::release(store, &lease_key, self.holder);
+            self.stats.failed("credentials");
             self.record_failure(i, reason, false, now, store, out);
             return false;
         }
@@ -594,6 +651,14 @@ impl Engine {
             s.fetch = Some(id);
         }
         self.stats.fetches_started += 1;
+        if self
+            .secrets
+            .get(i)
+            .and_then(|s| s.entry.as_ref())
+            .is_some_and(|e| e.value.is_some())
+        {
+            self.stats.refreshes += 1;
+        }
         out.push(Action::Log {
             level: Level::Debug,
             message: format!("fetching {} via upstream '{upstream}'", self.describe(i)),
@@ -636,7 +701,6 @@ impl Engine {
         store: &mut dyn SharedStore,
         out: &mut Vec<Action>,
     ) {
-        self.stats.fetches_failed += 1;
         let jitter = self.random_unit();
         let Some(s) = self.secrets.get(i) else { return };
         let mut entry = self.base_entry(i, store);

@@ -31,7 +31,7 @@ const REJECT_BODY: &[u8] = b"secret unavailable\n";
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Trace);
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> {
-        Box::new(Root { tick_started: false })
+        Box::new(Root { tick_started: false, metrics: Vec::new() })
     });
 }}
 
@@ -246,6 +246,35 @@ fn on_callout_answer(token: u32, body_size: usize, active: Owner) -> Own {
 
 struct Root {
     tick_started: bool,
+    /// Host metric ids and the counts already reported, by metric name.
+    metrics: Vec<(u32, u64)>,
+}
+
+impl Root {
+    /// Report counter increases since the last tick. Batched here rather than
+    /// per request: the hot path makes no host call for metrics.
+    fn publish_metrics(&mut self) {
+        let Some(counters) = with_engine(|e, _| e.stats.counters()) else {
+            return;
+        };
+        if self.metrics.is_empty() {
+            self.metrics = counters
+                .iter()
+                .filter_map(|(name, _)| abi::define_counter(&format!("aws_vault.{name}")))
+                .map(|id| (id, 0))
+                .collect();
+            if self.metrics.len() != counters.len() {
+                self.metrics.clear();
+                return;
+            }
+        }
+        for ((id, reported), (_, value)) in self.metrics.iter_mut().zip(counters) {
+            if value > *reported {
+                abi::increment_metric(*id, value - *reported);
+                *reported = value;
+            }
+        }
+    }
 }
 
 impl Context for Root {
@@ -290,6 +319,7 @@ impl RootContext for Root {
         let mut out = Vec::new();
         with_engine(|e, s| e.on_tick(now_ms(), s, &mut out));
         execute(out, Owner::Root);
+        self.publish_metrics();
     }
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
@@ -403,6 +433,7 @@ mod abi {
     const OK: u32 = 0;
     const CAS_MISMATCH: u32 = 8;
     const STREAM_HTTP_REQUEST: u32 = 0;
+    const METRIC_COUNTER: u32 = 0;
 
     #[link(wasm_import_module = "env")]
     extern "C" {
@@ -446,6 +477,13 @@ mod abi {
             out_data: *mut *mut u8,
             out_size: *mut usize,
         ) -> u32;
+        fn proxy_define_metric(
+            kind: u32,
+            name: *const u8,
+            name_size: usize,
+            out_id: *mut u32,
+        ) -> u32;
+        fn proxy_increment_metric(id: u32, offset: i64) -> u32;
         fn proxy_get_buffer_bytes(
             buffer: u32,
             start: usize,
@@ -564,6 +602,19 @@ mod abi {
         }
         let bytes = unsafe { take(data, size) };
         deserialize_map(&bytes)
+    }
+
+    pub fn define_counter(name: &str) -> Option<u32> {
+        let mut id = 0u32;
+        let status =
+            unsafe { proxy_define_metric(METRIC_COUNTER, name.as_ptr(), name.len(), &mut id) };
+        (status == OK).then_some(id)
+    }
+
+    pub fn increment_metric(id: u32, by: u64) {
+        unsafe {
+            proxy_increment_metric(id, i64::try_from(by).unwrap_or(i64::MAX));
+        }
     }
 
     pub fn buffer(buffer: u32, max_size: usize) -> Vec<u8> {
