@@ -259,7 +259,20 @@ pub struct Config {
     pub vaults: Vec<VaultEntity>,
     pub request_headers: Vec<HeaderTemplate>,
     pub response_headers: Vec<HeaderTemplate>,
+    /// Lower-case names of incoming request headers whose `{vault://...}`
+    /// references are resolved (placed there by a trusted earlier filter).
+    /// Empty by default: references sent by clients are never resolved.
+    pub resolve_incoming_headers: Vec<String>,
 }
+
+/// Top-level fields of the configuration.
+pub const TOP_LEVEL_FIELDS: &[&str] = &[
+    "aws",
+    "vaults",
+    "request_headers",
+    "response_headers",
+    "resolve_incoming_headers",
+];
 
 impl Config {
     /// Parse and validate, reading environment variables through `env`.
@@ -287,9 +300,10 @@ impl Config {
             serde_json::from_str(text).map_err(|e| format!("configuration is not JSON: {e}"))?;
         let top = object(&root, "configuration")?;
         for name in top.keys() {
-            if !["aws", "vaults", "request_headers", "response_headers"].contains(&name.as_str()) {
+            if !TOP_LEVEL_FIELDS.contains(&name.as_str()) {
                 return Err(format!(
-                    "{name}: unknown field (expected one of: aws, vaults, request_headers, response_headers)"
+                    "{name}: unknown field (expected one of: {})",
+                    TOP_LEVEL_FIELDS.join(", ")
                 ));
             }
         }
@@ -323,10 +337,14 @@ impl Config {
             }
         }
         let mut checks = Vec::new();
+        let request_headers = headers(top.get("request_headers"), "request_headers", &mut checks)?;
+        let resolve_incoming_headers =
+            incoming_headers(top.get("resolve_incoming_headers"), &request_headers)?;
         let mut config = Config {
+            resolve_incoming_headers,
             aws,
             vaults,
-            request_headers: headers(top.get("request_headers"), "request_headers", &mut checks)?,
+            request_headers,
             response_headers: headers(
                 top.get("response_headers"),
                 "response_headers",
@@ -575,6 +593,43 @@ fn headers(
     Ok(out)
 }
 
+fn incoming_headers(
+    value: Option<&Value>,
+    configured: &[HeaderTemplate],
+) -> Result<Vec<String>, String> {
+    const PATH: &str = "resolve_incoming_headers";
+    let Some(value) = value.filter(|v| !v.is_null()) else {
+        return Ok(Vec::new());
+    };
+    let Value::Array(items) = value else {
+        return Err(format!(
+            "{PATH}: expected an array of header names, got {}",
+            json_type(value)
+        ));
+    };
+    let mut out: Vec<String> = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let Value::String(name) = item else {
+            return Err(format!(
+                "{PATH}[{i}]: expected a string, got {}",
+                json_type(item)
+            ));
+        };
+        check_header_name(name).map_err(|e| format!("{PATH}[{i}]: {e}"))?;
+        let lower = name.to_ascii_lowercase();
+        if out.contains(&lower) {
+            return Err(format!("{PATH}[{i}]: '{name}' given twice"));
+        }
+        if configured.iter().any(|h| h.name == lower) {
+            return Err(format!(
+                "{PATH}[{i}]: '{name}' is also in request_headers, which always replaces it"
+            ));
+        }
+        out.push(lower);
+    }
+    Ok(out)
+}
+
 /// RFC 9110 token; pseudo-headers (`:path`) are not settable here.
 fn check_header_name(name: &str) -> Result<(), String> {
     const EXTRA: &[u8] = b"!#$%&'*+-.^_`|~";
@@ -819,6 +874,22 @@ mod tests {
                 "request_headers.x: header given twice",
             ),
             (r#"{"vaults": {}}"#, "vaults: expected an array"),
+            (
+                r#"{"resolve_incoming_headers": "x"}"#,
+                "resolve_incoming_headers: expected an array",
+            ),
+            (
+                r#"{"resolve_incoming_headers": ["a b"]}"#,
+                "resolve_incoming_headers[0]: invalid header name",
+            ),
+            (
+                r#"{"resolve_incoming_headers": ["X", "x"]}"#,
+                "resolve_incoming_headers[1]: 'x' given twice",
+            ),
+            (
+                r#"{"request_headers": {"x": "v"}, "resolve_incoming_headers": ["X"]}"#,
+                "resolve_incoming_headers[0]: 'X' is also in request_headers",
+            ),
             (
                 r#"{"vaults": [{"name": "aws", "prefix": "ok-vault"}]}"#,
                 "vaults[0].config.region: required",

@@ -26,6 +26,11 @@ use crate::template::Segment;
 
 /// Longest secret (or key) value injected into a header, in bytes.
 pub const MAX_HEADER_VALUE_LEN: usize = 16 * 1024;
+/// Most distinct secrets one VM tracks (configured plus those named in
+/// trusted incoming headers).
+pub const MAX_SECRETS: usize = 256;
+/// Most requests one VM keeps paused at once.
+pub const MAX_WAITERS: usize = 4096;
 /// How long after its timeout an unanswered callout is given up (Kong <= 3.8
 /// never answers a failed dispatch).
 const CALLOUT_GRACE_MS: u64 = 2_000;
@@ -186,12 +191,20 @@ struct CompiledHeader {
     parts: Vec<Part>,
 }
 
+/// A paused request: when it paused, and headers of its own (from trusted
+/// incoming headers) to render on top of the configured ones.
+struct Waiter {
+    since: u64,
+    extra: Vec<CompiledHeader>,
+}
+
 struct Fetch {
     secret: usize,
     owner: Owner,
     deadline: u64,
 }
 
+#[derive(Clone)]
 enum Status {
     Usable,
     Wait,
@@ -199,13 +212,16 @@ enum Status {
 }
 
 pub struct Engine {
+    config: Config,
+    /// Secrets `0..configured` come from the configuration; later ones were
+    /// named in trusted incoming headers.
+    configured: usize,
     secrets: Vec<Secret>,
     refs: Vec<RefSlot>,
     request: Vec<CompiledHeader>,
     response: Vec<CompiledHeader>,
     rendered: Option<Result<Rc<Rendered>, String>>,
-    /// Paused requests and when they paused.
-    waiters: BTreeMap<u32, u64>,
+    waiters: BTreeMap<u32, Waiter>,
     fetches: BTreeMap<u64, Fetch>,
     next_fetch: u64,
     /// This VM's id in leases.
@@ -225,6 +241,8 @@ impl Engine {
         seed: u64,
     ) -> Result<Engine, String> {
         let mut engine = Engine {
+            config: config.clone(),
+            configured: 0,
             secrets: Vec::new(),
             refs: Vec::new(),
             request: Vec::new(),
@@ -247,23 +265,53 @@ impl Engine {
             let compiled = engine.compile(config, h)?;
             engine.response.push(compiled);
         }
+        engine.configured = engine.secrets.len();
         Ok(engine)
     }
 
+    /// Names of incoming request headers whose references are resolved.
+    pub fn trusted_headers(&self) -> &[String] {
+        &self.config.resolve_incoming_headers
+    }
+
     fn compile(&mut self, config: &Config, h: &HeaderTemplate) -> Result<CompiledHeader, String> {
+        self.compile_template(config, h, false)
+            .map_err(|e| format!("{}: {e}", h.field))
+    }
+
+    /// Turn a template into parts, registering its secrets. `untrusted_text`:
+    /// the template came from a request, so query overrides are refused (a
+    /// client must not pick the endpoint, region, role or cache settings) and
+    /// the number of secrets is capped.
+    fn compile_template(
+        &mut self,
+        config: &Config,
+        h: &HeaderTemplate,
+        untrusted_text: bool,
+    ) -> Result<CompiledHeader, String> {
         let mut parts = Vec::new();
         for segment in &h.template.segments {
             match segment {
                 Segment::Literal(text) => parts.push(Part::Lit(text.clone())),
                 Segment::Reference { text, reference } => {
+                    if untrusted_text && !reference.query.is_empty() {
+                        return Err(format!(
+                            "{text}: query overrides are not allowed in request headers"
+                        ));
+                    }
                     let resolved = config
                         .resolve(text, reference)
-                        .map_err(|e| format!("{}: {text}: {e}", h.field))?;
+                        .map_err(|e| format!("{text}: {e}"))?;
                     let descriptor = resolved.target.descriptor();
                     let secret = match self.secrets.iter().position(|s| s.descriptor == descriptor)
                     {
                         Some(i) => i,
                         None => {
+                            if self.secrets.len() >= MAX_SECRETS {
+                                return Err(format!(
+                                    "{text}: too many distinct secrets (limit {MAX_SECRETS})"
+                                ));
+                            }
                             let skey = cache::shared_key(&descriptor);
                             self.secrets.push(Secret {
                                 lease_key: format!("{skey}/lease"),
@@ -289,6 +337,7 @@ impl Engine {
                                 key: resolved.key,
                                 value: Err("not fetched yet".into()),
                             });
+                            self.derive(secret);
                             self.refs.len() - 1
                         }
                     };
@@ -312,16 +361,26 @@ impl Engine {
         self.waiters.len()
     }
 
-    /// A new request's headers arrived.
+    /// A new request's headers arrived. `incoming`: the request's values of
+    /// the [`Engine::trusted_headers`] it carries.
     pub fn on_request(
         &mut self,
         ctx: u32,
         now: u64,
+        incoming: &[(&str, &str)],
         store: &mut dyn SharedStore,
         out: &mut Vec<Action>,
     ) -> Decision {
-        let decision = match self.evaluate(now, store, Owner::Ctx(ctx), out) {
-            Status::Usable => match self.render() {
+        let extra = match self.compile_incoming(incoming) {
+            Ok(extra) => extra,
+            Err(reason) => {
+                self.reject_log(None, &reason, out);
+                return Decision::Reject;
+            }
+        };
+        let needs = self.extra_secrets(&extra);
+        let decision = match self.evaluate(&needs, now, store, Owner::Ctx(ctx), out) {
+            Status::Usable => match self.render_with(&extra) {
                 Ok(rendered) => {
                     self.stats.cache_hits += 1;
                     Decision::Continue(rendered)
@@ -335,14 +394,62 @@ impl Engine {
                 self.reject_log(None, &reason, out);
                 Decision::Reject
             }
+            Status::Wait if self.waiters.len() >= MAX_WAITERS => {
+                let reason = format!("too many paused requests (limit {MAX_WAITERS})");
+                self.reject_log(None, &reason, out);
+                Decision::Reject
+            }
             Status::Wait => {
                 self.stats.cache_misses += 1;
-                self.waiters.insert(ctx, now);
+                self.waiters.insert(ctx, Waiter { since: now, extra });
                 Decision::Pause
             }
         };
         self.flush(now, store, Owner::Ctx(ctx), out);
         decision
+    }
+
+    /// Compile the templates found in trusted incoming headers.
+    fn compile_incoming(
+        &mut self,
+        incoming: &[(&str, &str)],
+    ) -> Result<Vec<CompiledHeader>, String> {
+        let mut extra = Vec::new();
+        for (name, value) in incoming {
+            let name = name.to_ascii_lowercase();
+            let template = crate::template::parse(value)
+                .map_err(|e| format!("incoming header {name}: {e}"))?;
+            if !template.has_references() {
+                continue;
+            }
+            let h = HeaderTemplate {
+                field: format!("incoming header {name}"),
+                name,
+                template,
+            };
+            let config = self.config.clone();
+            let compiled = self
+                .compile_template(&config, &h, true)
+                .map_err(|e| format!("{}: {e}", h.field))?;
+            extra.push(compiled);
+        }
+        Ok(extra)
+    }
+
+    /// Secrets beyond the configured ones that `extra` headers need.
+    fn extra_secrets(&self, extra: &[CompiledHeader]) -> Vec<usize> {
+        let mut needs: Vec<usize> = extra
+            .iter()
+            .flat_map(|h| &h.parts)
+            .filter_map(|p| match p {
+                Part::Ref(slot) => self.refs.get(*slot).map(|r| r.secret),
+                Part::Lit(_) => None,
+            })
+            .filter(|i| *i >= self.configured)
+            .collect();
+        needs.sort_unstable();
+        needs.dedup();
+        needs
     }
 
     /// A callout dispatched for `fetch` ended.
@@ -468,16 +575,18 @@ impl Engine {
         self.flush(now, store, Owner::Root, out);
     }
 
-    /// Is every secret usable now? Starts fetches for those that are not.
+    /// Is every configured secret, and every one in `extra`, usable now?
+    /// Starts fetches for those that are not.
     fn evaluate(
         &mut self,
+        extra: &[usize],
         now: u64,
         store: &mut dyn SharedStore,
         owner: Owner,
         out: &mut Vec<Action>,
     ) -> Status {
         let mut wait = false;
-        for i in 0..self.secrets.len() {
+        for i in (0..self.configured).chain(extra.iter().copied()) {
             match self.status(i, now, store, owner, out) {
                 Status::Usable => {}
                 Status::Wait => wait = true,
@@ -763,43 +872,31 @@ impl Engine {
             if self.waiters.is_empty() {
                 return;
             }
-            let status = self.evaluate(now, store, owner, out);
-            match status {
-                Status::Wait => {
-                    let overdue: Vec<u32> = self
-                        .waiters
-                        .iter()
-                        .filter(|(_, since)| now.saturating_sub(**since) > self.max_wait_ms())
-                        .map(|(ctx, _)| *ctx)
-                        .collect();
-                    for ctx in overdue {
-                        self.waiters.remove(&ctx);
+            let configured = self.evaluate(&[], now, store, owner, out);
+            let ids: Vec<u32> = self.waiters.keys().copied().collect();
+            for ctx in ids {
+                let Some(waiter) = self.waiters.remove(&ctx) else {
+                    continue;
+                };
+                let status = match &configured {
+                    Status::Usable if !waiter.extra.is_empty() => {
+                        let needs = self.extra_secrets(&waiter.extra);
+                        self.evaluate(&needs, now, store, owner, out)
+                    }
+                    other => other.clone(),
+                };
+                match status {
+                    Status::Wait if now.saturating_sub(waiter.since) > self.max_wait_ms() => {
                         self.reject_log(Some(ctx), "timed out waiting for secrets", out);
                     }
-                }
-                Status::Usable => {
-                    let waiters = std::mem::take(&mut self.waiters);
-                    match self.render() {
-                        Ok(rendered) => {
-                            for ctx in waiters.into_keys() {
-                                out.push(Action::Resume {
-                                    ctx,
-                                    headers: Rc::clone(&rendered),
-                                });
-                            }
-                        }
-                        Err(reason) => {
-                            for ctx in waiters.into_keys() {
-                                self.reject_log(Some(ctx), &reason, out);
-                            }
-                        }
+                    Status::Wait => {
+                        self.waiters.insert(ctx, waiter);
                     }
-                }
-                Status::Failed(reason) => {
-                    let waiters = std::mem::take(&mut self.waiters);
-                    for ctx in waiters.into_keys() {
-                        self.reject_log(Some(ctx), &reason, out);
-                    }
+                    Status::Usable => match self.render_with(&waiter.extra) {
+                        Ok(headers) => out.push(Action::Resume { ctx, headers }),
+                        Err(reason) => self.reject_log(Some(ctx), &reason, out),
+                    },
+                    Status::Failed(reason) => self.reject_log(Some(ctx), &reason, out),
                 }
             }
         }
@@ -808,7 +905,7 @@ impl Engine {
     fn waiters_overdue(&self, now: u64) -> bool {
         self.waiters
             .values()
-            .any(|since| now.saturating_sub(*since) > self.max_wait_ms())
+            .any(|w| now.saturating_sub(w.since) > self.max_wait_ms())
     }
 
     /// A paused request is failed after this long, whatever happens.
@@ -833,7 +930,23 @@ impl Engine {
         }
     }
 
-    /// Render every header; cached until a secret value changes.
+    /// The configured headers plus `extra` ones (which replace a configured
+    /// header of the same name).
+    fn render_with(&mut self, extra: &[CompiledHeader]) -> Result<Rc<Rendered>, String> {
+        let base = self.render()?;
+        if extra.is_empty() {
+            return Ok(base);
+        }
+        let mut rendered = (*base).clone();
+        for h in extra {
+            let (name, value) = self.render_header(h)?;
+            rendered.request.retain(|(n, _)| *n != name);
+            rendered.request.push((name, value));
+        }
+        Ok(Rc::new(rendered))
+    }
+
+    /// Render every configured header; cached until a secret value changes.
     fn render(&mut self) -> Result<Rc<Rendered>, String> {
         if let Some(r) = &self.rendered {
             return r.clone();
@@ -844,33 +957,48 @@ impl Engine {
     }
 
     fn render_now(&self) -> Result<Rendered, String> {
-        let one = |h: &CompiledHeader| -> Result<(String, String), String> {
-            let mut value = String::new();
-            for part in &h.parts {
-                match part {
-                    Part::Lit(text) => value.push_str(text),
-                    Part::Ref(i) => {
-                        let slot = self.refs.get(*i).ok_or("internal: unknown reference")?;
-                        let v = slot
-                            .value
-                            .as_ref()
-                            .map_err(|e| format!("reference {} failed: {e}", slot.text))?;
-                        value.push_str(v);
-                    }
+        Ok(Rendered {
+            request: self
+                .request
+                .iter()
+                .map(|h| self.render_header(h))
+                .collect::<Result<_, _>>()?,
+            response: self
+                .response
+                .iter()
+                .map(|h| self.render_header(h))
+                .collect::<Result<_, _>>()?,
+        })
+    }
+
+    fn render_header(&self, h: &CompiledHeader) -> Result<(String, String), String> {
+        let mut value = String::new();
+        for part in &h.parts {
+            match part {
+                Part::Lit(text) => value.push_str(text),
+                Part::Ref(i) => {
+                    let slot = self.refs.get(*i).ok_or("internal: unknown reference")?;
+                    let v = slot
+                        .value
+                        .as_ref()
+                        .map_err(|e| format!("reference {} failed: {e}", slot.text))?;
+                    value.push_str(v);
                 }
             }
-            if value.len() > MAX_HEADER_VALUE_LEN {
-                return Err(format!(
-                    "header {} would be longer than {MAX_HEADER_VALUE_LEN} bytes",
-                    h.name
-                ));
-            }
-            Ok((h.name.clone(), value))
-        };
-        Ok(Rendered {
-            request: self.request.iter().map(one).collect::<Result<_, _>>()?,
-            response: self.response.iter().map(one).collect::<Result<_, _>>()?,
-        })
+        }
+        if value.len() > MAX_HEADER_VALUE_LEN {
+            return Err(format!(
+                "header {} would be longer than {MAX_HEADER_VALUE_LEN} bytes",
+                h.name
+            ));
+        }
+        if value.chars().any(char::is_control) {
+            return Err(format!(
+                "header {} would contain control characters",
+                h.name
+            ));
+        }
+        Ok((h.name.clone(), value))
     }
 
     /// `aws/prod/db (AWSCURRENT)`: names a secret in logs, never its value.

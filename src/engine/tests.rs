@@ -62,7 +62,7 @@ impl Proxy {
 
     fn request(&mut self, vm: usize, ctx: u32) -> (Decision, Vec<Action>) {
         let mut out = Vec::new();
-        let d = self.vms[vm].on_request(ctx, self.now, &mut self.store, &mut out);
+        let d = self.vms[vm].on_request(ctx, self.now, &[], &mut self.store, &mut out);
         (d, out)
     }
 
@@ -440,7 +440,7 @@ fn missing_credentials_fail_with_a_clear_reason() {
     let mut e = Engine::new(&config, None, 1).unwrap();
     let mut store = FakeStore::new(HostKind::Envoy);
     let mut out = Vec::new();
-    let d = e.on_request(1, 1_000, &mut store, &mut out);
+    let d = e.on_request(1, 1_000, &[], &mut store, &mut out);
     assert_eq!(d, Decision::Reject);
     assert!(logs(&out).contains("no AWS credentials"), "{}", logs(&out));
 }
@@ -481,4 +481,92 @@ fn shared_entries_never_hold_another_secret() {
     let (d, out) = p.request(0, 1);
     assert_eq!(d, Decision::Pause);
     assert_eq!(dispatches(&out).len(), 2);
+}
+
+const TRUSTED: &str = r#"{
+  "aws": {"region": "us-east-1", "endpoint_url": "http://127.0.0.1:4566", "upstream": "moto"},
+  "request_headers": {"x-static": "{vault://aws/static}"},
+  "resolve_incoming_headers": ["x-backend-auth"]
+}"#;
+
+fn incoming_request(p: &mut Proxy, ctx: u32, value: &str) -> (Decision, Vec<Action>) {
+    let mut out = Vec::new();
+    let d = p.vms[0].on_request(
+        ctx,
+        p.now,
+        &[("x-backend-auth", value)],
+        &mut p.store,
+        &mut out,
+    );
+    (d, out)
+}
+
+#[test]
+fn trusted_incoming_headers_are_resolved_without_overrides() {
+    let mut p = Proxy::new(HostKind::Envoy, 1, TRUSTED);
+    let out = p.tick(0);
+    p.answer_all(0, &out, &ok("static-v"));
+    let (d, out) = incoming_request(&mut p, 1, "Bearer {vault://aws/dyn/token}");
+    assert_eq!(d, Decision::Pause);
+    let bodies = dispatch_bodies(&out);
+    assert_eq!(bodies.len(), 1, "only the new secret is fetched");
+    assert!(bodies[0].contains(r#""SecretId":"dyn""#));
+    let out = p.answer_all(0, &out, &ok(r#"{"token":"dyn-tok"}"#));
+    let r = resumed(&out);
+    assert_eq!(header(&r[0].1.request, "x-backend-auth"), "Bearer dyn-tok");
+    assert_eq!(header(&r[0].1.request, "x-static"), "static-v");
+    // Now cached: no pause. A plain request does not wait for dynamic secrets.
+    assert!(matches!(
+        incoming_request(&mut p, 2, "{vault://aws/dyn/token}").0,
+        Decision::Continue(_)
+    ));
+    assert!(matches!(p.request(0, 3).0, Decision::Continue(_)));
+    // No references: left alone.
+    let Decision::Continue(h) = incoming_request(&mut p, 4, "plain").0 else {
+        panic!()
+    };
+    assert!(h.request.iter().all(|(n, _)| n != "x-backend-auth"));
+}
+
+#[test]
+fn trusted_incoming_headers_refuse_overrides_and_unknown_vaults() {
+    let mut p = Proxy::new(HostKind::Envoy, 1, TRUSTED);
+    for (value, why) in [
+        (
+            "{vault://aws/s/k?endpoint_url=http://evil.example}",
+            "query overrides are not allowed",
+        ),
+        ("{vault://aws/s/k?ttl=0}", "query overrides are not allowed"),
+        ("{vault://other/s/k}", "could not find vault (other)"),
+        ("{vault://aws/s#3}", "invalid version"),
+        ("{vault://aws/unterminated", "unterminated"),
+    ] {
+        let (d, out) = incoming_request(&mut p, 1, value);
+        assert_eq!(d, Decision::Reject, "{value}");
+        assert!(logs(&out).contains(why), "{value}: {}", logs(&out));
+        assert!(dispatches(&out).is_empty());
+    }
+}
+
+#[test]
+fn distinct_secrets_per_vm_are_bounded() {
+    let mut p = Proxy::new(HostKind::Envoy, 1, TRUSTED);
+    let mut rejected_at = None;
+    for i in 0..(MAX_SECRETS as u32 + 5) {
+        let (d, out) = incoming_request(&mut p, i + 1, &format!("{{vault://aws/s{i}}}"));
+        if d == Decision::Reject {
+            assert!(
+                logs(&out).contains("too many distinct secrets"),
+                "{}",
+                logs(&out)
+            );
+            rejected_at = Some(i);
+            break;
+        }
+    }
+    assert_eq!(
+        rejected_at,
+        Some(MAX_SECRETS as u32 - 1),
+        "one configured + dynamic up to the limit"
+    );
 }
