@@ -382,7 +382,21 @@ impl HttpContext for Http {
     fn on_http_request_headers(&mut self, _: usize, _: bool) -> Flow {
         let mut out = Vec::new();
         let now = now_ms();
-        let Some(decision) = with_engine(|e, s| e.on_request(self.id, now, s, &mut out)) else {
+        let Some(decision) = with_engine(|e, s| {
+            // Only the allowlisted headers are read: one host call each.
+            let incoming: Vec<(String, String)> = e
+                .trusted_headers()
+                .iter()
+                .filter_map(|name| {
+                    abi::header_value(abi::MAP_REQUEST_HEADERS, name).map(|v| (name.clone(), v))
+                })
+                .collect();
+            let incoming: Vec<(&str, &str)> = incoming
+                .iter()
+                .map(|(n, v)| (n.as_str(), v.as_str()))
+                .collect();
+            e.on_request(self.id, now, &incoming, s, &mut out)
+        }) else {
             return Flow::Continue;
         };
         let own = execute(out, Owner::Ctx(self.id));
@@ -471,6 +485,13 @@ mod abi {
             key_size: usize,
             value: *const u8,
             value_size: usize,
+        ) -> u32;
+        fn proxy_get_header_map_value(
+            map: u32,
+            key: *const u8,
+            key_size: usize,
+            out_data: *mut *mut u8,
+            out_size: *mut usize,
         ) -> u32;
         fn proxy_get_header_map_pairs(
             map: u32,
@@ -590,6 +611,20 @@ mod abi {
                 value.len(),
             );
         }
+    }
+
+    /// One header's value, if present (non-UTF-8 bytes replaced).
+    pub fn header_value(map: u32, name: &str) -> Option<String> {
+        let mut data = null_mut();
+        let mut size = 0usize;
+        let status = unsafe {
+            proxy_get_header_map_value(map, name.as_ptr(), name.len(), &mut data, &mut size)
+        };
+        if status != OK || data.is_null() {
+            return None;
+        }
+        let bytes = unsafe { take(data, size) };
+        Some(String::from_utf8_lossy(&bytes).into_owned())
     }
 
     /// A header map, decoded leniently (non-UTF-8 bytes replaced).

@@ -7,6 +7,7 @@ import os
 import pytest
 
 from counting_proxy import CountingProxy
+import harness
 from harness import (WASM, EchoUpstream, Envoy, Moto, build_wasm, envoy_config, validate,
                      write_config)
 
@@ -99,3 +100,22 @@ def validate_plugin(tmp_path, wasm):
                               moto_port=15000, wasm=wasm)
         return validate(write_config(config, tmp_path / "validate"), env)
     return run
+
+
+# Values this short could occur in a log by chance; every test secret is longer.
+LEAK_MIN_LEN = 8
+
+
+@pytest.fixture(scope="session", autouse=True)
+def leak_guard():
+    """After all integration tests: no secret value in any Envoy log (wasm at trace level)
+    or any error response body."""
+    yield
+    values = {v for v in harness.SECRET_VALUES if len(v) >= LEAK_MIN_LEN}
+    leaks = []
+    for path in harness.ENVOY_LOGS:
+        text = path.read_text(errors="replace") if path.exists() else ""
+        leaks += [f"{path}: {v!r}" for v in values if v in text]
+    for body in harness.ERROR_BODIES:
+        leaks += [f"error response body: {v!r}" for v in values if v in body]
+    assert not leaks, "secret values leaked:\n" + "\n".join(leaks)

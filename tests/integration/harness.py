@@ -40,6 +40,25 @@ AWS_ENV_KEYS = [
 ]
 
 
+# Every secret value a test stored in moto, and every Envoy log written: the leak guard
+# (conftest) searches the logs and every non-2xx response body for the values at the end.
+SECRET_VALUES: set[str] = set()
+ENVOY_LOGS: list[Path] = []
+ERROR_BODIES: list[str] = []
+
+
+def remember_secret(value) -> None:
+    if isinstance(value, dict):
+        for v in value.values():
+            remember_secret(v)
+    elif isinstance(value, str):
+        SECRET_VALUES.add(value)
+        try:
+            remember_secret(json.loads(value))
+        except (ValueError, TypeError):
+            pass
+
+
 # --------------------------------------------------------------------------- basics
 
 def free_port() -> int:
@@ -295,6 +314,7 @@ class Moto:
 
         `value`: dict (JSON-encoded), str, or bytes with binary=True. Returns the VersionId."""
         sm = self.client(region=region)
+        remember_secret(value)
         field = "SecretBinary" if binary else "SecretString"
         value = json.dumps(value) if isinstance(value, dict) else value
         try:
@@ -384,10 +404,11 @@ class Envoy:
         self.http = requests.Session()
         self.http.trust_env = False
         argv = [venv_bin("envoy"), "-c", str(self.config_file), "--concurrency", str(concurrency),
-                "--log-level", log_level, "--component-log-level", "wasm:debug",
+                "--log-level", log_level, "--component-log-level", "wasm:trace",
                 "--disable-hot-restart"]
         log_path = Path(log_dir or self.config_file.parent) / f"envoy-{listen_port}.log"
         self.proc = Proc("envoy", argv, log_path, env=clean_env(env), cwd=cwd)
+        ENVOY_LOGS.append(log_path)
         try:
             wait_until(self._ready, timeout, "Envoy /ready and listener", self.proc)
         except BaseException:
@@ -409,7 +430,10 @@ class Envoy:
 
     def get(self, path="/", **kwargs) -> requests.Response:
         kwargs.setdefault("timeout", 30)
-        return self.http.get(self.url + path, **kwargs)
+        r = self.http.get(self.url + path, **kwargs)
+        if r.status_code >= 300:
+            ERROR_BODIES.append(r.text)
+        return r
 
     def log(self) -> str:
         return self.proc.log()
