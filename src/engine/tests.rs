@@ -570,3 +570,49 @@ fn distinct_secrets_per_vm_are_bounded() {
         "one configured + dynamic up to the limit"
     );
 }
+
+#[test]
+fn callout_failures_in_each_hosts_shape_fail_waiters_then_recover() {
+    use crate::host::callout_result;
+    use crate::host::fake::{failed_callout, CalloutFailure};
+    for kind in [HostKind::Envoy, HostKind::Kong] {
+        for failure in [CalloutFailure::Timeout, CalloutFailure::ConnectionRefused] {
+            for kong_calls_back in [true, false] {
+                let mut p = Proxy::new(kind, 1, CONFIG);
+                let (_, out) = p.request(0, 1);
+                let mut follow = Vec::new();
+                for id in dispatches(&out) {
+                    match failed_callout(kind, failure, kong_calls_back) {
+                        Some((headers, body)) => {
+                            let r = callout_result(headers, body.len(), 1 << 20, || body.clone());
+                            follow.extend(p.answer(0, id, r));
+                        }
+                        None => {} // Kong <= 3.8: silence; the tick gives up
+                    }
+                }
+                if follow.is_empty() {
+                    p.now += u64::from(crate::config::DEFAULT_TIMEOUT_MS) + CALLOUT_GRACE_MS;
+                    follow = p.tick(0);
+                }
+                assert_eq!(rejected(&follow), vec![1], "{kind:?} {failure:?}");
+                // After the backoff, the tick fetches again and a later request succeeds.
+                p.now += 1_000;
+                let out = p.tick(0);
+                assert_eq!(dispatches(&out).len(), 2);
+                let bodies = dispatch_bodies(&out);
+                for (id, body) in dispatches(&out).into_iter().zip(bodies) {
+                    let r = if body.contains("prod/api") {
+                        ok(r#"{"token":"t","user":"u"}"#)
+                    } else {
+                        ok("r")
+                    };
+                    p.answer(0, id, r);
+                }
+                assert!(
+                    matches!(p.request(0, 2).0, Decision::Continue(_)),
+                    "{kind:?} {failure:?}"
+                );
+            }
+        }
+    }
+}

@@ -70,10 +70,69 @@ impl SharedStore for FakeStore {
     }
 }
 
+/// How a host reports a callout that failed without an HTTP answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CalloutFailure {
+    Timeout,
+    ConnectionRefused,
+}
+
+/// The `(headers, body)` a host hands the filter for a failed callout, or
+/// `None` when the host never calls back at all (Kong <= 3.8).
+pub fn failed_callout(
+    kind: HostKind,
+    failure: CalloutFailure,
+    kong_calls_back: bool,
+) -> Option<(Vec<(String, String)>, Vec<u8>)> {
+    let h = |n: &str, v: &str| (n.to_string(), v.to_string());
+    match (kind, failure) {
+        (HostKind::Envoy, CalloutFailure::Timeout) => Some((
+            vec![h(":status", "504"), h("content-type", "text/plain")],
+            b"upstream request timeout".to_vec(),
+        )),
+        (HostKind::Envoy, CalloutFailure::ConnectionRefused) => Some((
+            vec![h(":status", "503"), h("content-type", "text/plain")],
+            b"upstream connect error or disconnect/reset before headers".to_vec(),
+        )),
+        (HostKind::Kong, _) if !kong_calls_back => None,
+        (HostKind::Kong, CalloutFailure::Timeout) => {
+            Some((vec![h(":dispatch_status", "timeout")], Vec::new()))
+        }
+        (HostKind::Kong, CalloutFailure::ConnectionRefused) => {
+            Some((vec![h(":dispatch_status", "broken connection")], Vec::new()))
+        }
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::engine::CalloutResult;
+    use crate::host::callout_result;
+
+    #[test]
+    fn failed_callouts_map_to_failures_on_both_hosts() {
+        for failure in [CalloutFailure::Timeout, CalloutFailure::ConnectionRefused] {
+            let (headers, body) = failed_callout(HostKind::Envoy, failure, true).unwrap();
+            let r = callout_result(headers, body.len(), 1024, || body.clone());
+            let CalloutResult::Response(resp) = r else {
+                panic!("Envoy answers with a synthesized status")
+            };
+            assert!(resp.status >= 500);
+            let (headers, _) = failed_callout(HostKind::Kong, failure, true).unwrap();
+            let r = callout_result(headers, 0, 1024, Vec::new);
+            assert!(
+                matches!(r, CalloutResult::Failed(ref why) if !why.is_empty()),
+                "{r:?}"
+            );
+            assert!(failed_callout(HostKind::Kong, failure, false).is_none());
+        }
+        let r = callout_result(vec![(":status".into(), "200".into())], 5000, 1024, Vec::new);
+        assert!(matches!(r, CalloutResult::Failed(ref why) if why.contains("too large")));
+        let r = callout_result(vec![], 0, 1024, Vec::new);
+        assert_eq!(r, CalloutResult::Failed("no response".into()));
+    }
 
     #[test]
     fn envoy_cas_semantics() {

@@ -3,6 +3,9 @@
 //! `proxy_wasm` is the real host shell; `fake` models Envoy's and Kong's
 //! differing semantics for native tests.
 
+use crate::aws::HttpResponse;
+use crate::engine::CalloutResult;
+
 pub mod fake;
 #[cfg(target_arch = "wasm32")]
 pub mod proxy_wasm;
@@ -23,4 +26,41 @@ pub enum StoreError {
 pub trait SharedStore {
     fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>);
     fn set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), StoreError>;
+}
+
+/// A callout's answer as the host reported it -> [`CalloutResult`]. Envoy
+/// synthesizes a status for failures (504 timeout, 503 connect failure);
+/// Kong reports no `:status`, only `:dispatch_status` (`timeout`, `broken
+/// connection`, ...). `body` is read only when the answer is usable.
+pub fn callout_result(
+    headers: Vec<(String, String)>,
+    body_size: usize,
+    max_body: usize,
+    body: impl FnOnce() -> Vec<u8>,
+) -> CalloutResult {
+    let status = headers
+        .iter()
+        .find(|(n, _)| n == ":status")
+        .and_then(|(_, v)| v.trim().parse::<u16>().ok());
+    let Some(status) = status else {
+        let why = headers
+            .iter()
+            .find(|(n, _)| n == ":dispatch_status")
+            .map(|(_, v)| v.chars().filter(|c| !c.is_control()).take(100).collect())
+            .unwrap_or_else(|| "no response".into());
+        return CalloutResult::Failed(why);
+    };
+    if body_size > max_body {
+        return CalloutResult::Failed(format!("response body of {body_size} bytes is too large"));
+    }
+    let headers = headers
+        .into_iter()
+        .filter(|(n, _)| !n.starts_with(':'))
+        .map(|(n, v)| (n.to_ascii_lowercase(), v))
+        .collect();
+    CalloutResult::Response(HttpResponse {
+        status,
+        headers,
+        body: body(),
+    })
 }

@@ -17,7 +17,6 @@ use proxy_wasm::types::{Action as Flow, ContextType, LogLevel};
 
 use super::{SharedStore, StoreError};
 use crate::aws::sigv4::Credentials;
-use crate::aws::HttpResponse;
 use crate::config::Config;
 use crate::engine::{Action, CalloutResult, Decision, Engine, Level, Owner, Rendered};
 
@@ -25,7 +24,7 @@ use crate::engine::{Action, CalloutResult, Decision, Engine, Level, Owner, Rende
 /// callouts and picks up secrets other workers fetched.
 const TICK: Duration = Duration::from_millis(200);
 /// Largest callout response body read (GetSecretValue answers are < 100 KiB).
-const MAX_BODY: usize = 1024 * 1024;
+const MAX_BODY: usize = crate::aws::secrets_manager::MAX_BODY_BYTES;
 const REJECT_BODY: &[u8] = b"secret unavailable\n";
 
 proxy_wasm::main! {{
@@ -202,35 +201,11 @@ fn seed() -> u64 {
     u64::from_le_bytes(bytes)
 }
 
-/// Read a callout's answer as the host reports it. Envoy synthesizes a status
-/// for failures (503, 504); Kong gives no `:status`, only `:dispatch_status`.
+/// Read a callout's answer as the host reports it.
 fn read_callout(body_size: usize) -> CalloutResult {
     let headers = abi::header_map(abi::MAP_HTTP_CALL_RESPONSE_HEADERS);
-    let status = headers
-        .iter()
-        .find(|(n, _)| n == ":status")
-        .and_then(|(_, v)| v.trim().parse::<u16>().ok());
-    let Some(status) = status else {
-        let why = headers
-            .iter()
-            .find(|(n, _)| n == ":dispatch_status")
-            .map(|(_, v)| v.clone())
-            .unwrap_or_else(|| "no response".into());
-        return CalloutResult::Failed(why);
-    };
-    if body_size > MAX_BODY {
-        return CalloutResult::Failed(format!("response body of {body_size} bytes is too large"));
-    }
-    let body = abi::buffer(abi::BUFFER_HTTP_CALL_RESPONSE_BODY, body_size);
-    let headers = headers
-        .into_iter()
-        .filter(|(n, _)| !n.starts_with(':'))
-        .map(|(n, v)| (n.to_ascii_lowercase(), v))
-        .collect();
-    CalloutResult::Response(HttpResponse {
-        status,
-        headers,
-        body,
+    super::callout_result(headers, body_size, MAX_BODY, || {
+        abi::buffer(abi::BUFFER_HTTP_CALL_RESPONSE_BODY, body_size)
     })
 }
 
