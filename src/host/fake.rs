@@ -77,13 +77,16 @@ pub enum CalloutFailure {
     ConnectionRefused,
 }
 
+/// Headers (with pseudo-headers) and body as a host hands them over.
+pub type HostAnswer = (Vec<(String, String)>, Vec<u8>);
+
 /// The `(headers, body)` a host hands the filter for a failed callout, or
 /// `None` when the host never calls back at all (Kong <= 3.8).
 pub fn failed_callout(
     kind: HostKind,
     failure: CalloutFailure,
     kong_calls_back: bool,
-) -> Option<(Vec<(String, String)>, Vec<u8>)> {
+) -> Option<HostAnswer> {
     let h = |n: &str, v: &str| (n.to_string(), v.to_string());
     match (kind, failure) {
         (HostKind::Envoy, CalloutFailure::Timeout) => Some((
