@@ -4,7 +4,8 @@
 use serde_json::{json, Map, Value};
 
 use crate::aws::secrets_manager;
-use crate::config::{Config, ResolvedRef};
+use crate::config::{Config, Resolved, ResolvedRef};
+use crate::engine::Engine;
 use crate::reference::{self, Reference};
 
 pub const USAGE: &str = "usage:
@@ -32,17 +33,24 @@ pub fn run(
 
 /// Validate a whole configuration.
 pub fn check(text: &str, env: &dyn Fn(&str) -> Option<String>) -> (Vec<String>, i32) {
-    let (_, checks) = match Config::parse_report(text, env) {
+    let (config, checks) = match Config::parse_report(text, env) {
         Ok(r) => r,
         Err(e) => return (vec![error_line(None, &e)], 1),
     };
     let mut status = 0;
-    let lines = checks
+    let mut lines: Vec<String> = checks
         .iter()
         .map(|c| match &c.result {
-            Ok(r) => {
+            Ok(Resolved::Aws(r)) => {
                 let mut obj = resolved_json(r);
                 obj.insert("field".into(), json!(c.field));
+                Value::Object(obj).to_string()
+            }
+            Ok(Resolved::Env(r)) => {
+                let mut obj = reference_json(&r.text, &r.reference);
+                obj.insert("field".into(), json!(c.field));
+                obj.insert("variable".into(), json!(r.variable));
+                obj.insert("overrides".into(), json!(r.overrides));
                 Value::Object(obj).to_string()
             }
             Err(e) => {
@@ -55,6 +63,14 @@ pub fn check(text: &str, env: &dyn Fn(&str) -> Option<String>) -> (Vec<String>, 
             }
         })
         .collect();
+    // What only the filter's start can tell: env vault values (variables
+    // present, keys found, header-safe). Values are never printed.
+    if status == 0 {
+        if let Err(e) = Engine::new(&config, env, None, 0) {
+            lines.push(error_line(None, &e));
+            status = 1;
+        }
+    }
     (lines, status)
 }
 

@@ -167,6 +167,90 @@ impl VaultSettings {
     }
 }
 
+/// Settings of an `env` vault (Kong's env vault): variable name =
+/// upper(prefix + resource with `-` -> `_`), plus `_PREVIOUS` for version 2.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EnvSettings {
+    pub prefix: Option<String>,
+}
+
+impl EnvSettings {
+    fn from_json(value: &Value, path: &str) -> Result<Self, String> {
+        let mut settings = Self::default();
+        for (name, v) in object(value, path)? {
+            if v.is_null() {
+                continue;
+            }
+            match name.as_str() {
+                "prefix" => {
+                    let Value::String(p) = v else {
+                        return Err(format!(
+                            "{path}.prefix: expected a string, got {}",
+                            json_type(v)
+                        ));
+                    };
+                    settings.prefix =
+                        Some(env_prefix(p).map_err(|e| format!("{path}.prefix: {e}"))?);
+                }
+                _ => return Err(format!("{path}.{name}: unknown field (expected: prefix)")),
+            }
+        }
+        Ok(settings)
+    }
+
+    /// The environment variable a reference names.
+    pub fn variable(&self, resource: &str, version: Option<f64>) -> String {
+        let mut name = self.prefix.clone().unwrap_or_default();
+        name.push_str(&resource.replace('-', "_"));
+        let mut name = name.to_uppercase();
+        if version == Some(2.0) {
+            name.push_str("_PREVIOUS");
+        }
+        name
+    }
+}
+
+/// Kong's env vault prefix pattern: `^[%a_-][%a%d_-]*$`.
+fn env_prefix(p: &str) -> Result<String, String> {
+    let mut bytes = p.bytes();
+    let first_ok = bytes
+        .next()
+        .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_' || b == b'-');
+    if first_ok && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+        Ok(p.to_string())
+    } else {
+        Err("invalid prefix (letters, digits, '_' and '-', not starting with a digit)".into())
+    }
+}
+
+/// What a reference resolves to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Resolved {
+    /// A Secrets Manager secret.
+    Aws(ResolvedRef),
+    /// An environment variable (the `env` vault).
+    Env(EnvRef),
+}
+
+impl Resolved {
+    pub fn into_aws(self) -> Option<ResolvedRef> {
+        match self {
+            Resolved::Aws(r) => Some(r),
+            Resolved::Env(_) => None,
+        }
+    }
+}
+
+/// A reference to the `env` vault.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EnvRef {
+    pub text: String,
+    pub reference: Reference,
+    pub variable: String,
+    pub key: Option<String>,
+    pub overrides: BTreeMap<String, String>,
+}
+
 /// Everything needed to fetch one secret and cache it: the cache key.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SecretTarget {
@@ -229,7 +313,7 @@ pub struct RefCheck {
     pub field: String,
     /// The reference as written.
     pub text: String,
-    pub result: Result<ResolvedRef, String>,
+    pub result: Result<Resolved, String>,
 }
 
 /// A header to set, from a template.
@@ -245,10 +329,14 @@ pub struct HeaderTemplate {
 /// A Kong vault entity.
 #[derive(Debug, Clone, PartialEq)]
 pub struct VaultEntity {
+    /// The vault type: `aws` or `env`.
     pub name: String,
     pub prefix: String,
     pub description: Option<String>,
+    /// For `aws` entities.
     pub settings: VaultSettings,
+    /// For `env` entities.
+    pub env: EnvSettings,
 }
 
 /// The validated configuration.
@@ -256,6 +344,8 @@ pub struct VaultEntity {
 pub struct Config {
     /// Node-level defaults for `{vault://aws/...}` (env already applied).
     pub aws: VaultSettings,
+    /// Node-level defaults for `{vault://env/...}` (`KONG_VAULT_ENV_PREFIX` applied).
+    pub env: EnvSettings,
     pub vaults: Vec<VaultEntity>,
     pub request_headers: Vec<HeaderTemplate>,
     pub response_headers: Vec<HeaderTemplate>,
@@ -268,6 +358,7 @@ pub struct Config {
 /// Top-level fields of the configuration.
 pub const TOP_LEVEL_FIELDS: &[&str] = &[
     "aws",
+    "env",
     "vaults",
     "request_headers",
     "response_headers",
@@ -314,6 +405,17 @@ impl Config {
         .with_env(env)
         .map_err(|e| format!("aws: {e}"))?;
 
+        let mut env_defaults = match top.get("env") {
+            Some(v) if !v.is_null() => EnvSettings::from_json(v, "env")?,
+            _ => EnvSettings::default(),
+        };
+        if env_defaults.prefix.is_none() {
+            if let Some(p) = env("KONG_VAULT_ENV_PREFIX").filter(|p| !p.is_empty()) {
+                env_defaults.prefix = Some(env_prefix(&p).map_err(|e| {
+                    format!("env: environment variable KONG_VAULT_ENV_PREFIX: {e}")
+                })?);
+            }
+        }
         let mut vaults = Vec::new();
         if let Some(list) = top.get("vaults").filter(|v| !v.is_null()) {
             let Value::Array(items) = list else {
@@ -341,6 +443,7 @@ impl Config {
         let resolve_incoming_headers =
             incoming_headers(top.get("resolve_incoming_headers"), &request_headers)?;
         let mut config = Config {
+            env: env_defaults,
             resolve_incoming_headers,
             aws,
             vaults,
@@ -379,21 +482,33 @@ impl Config {
         Ok((config, checks))
     }
 
-    /// The settings a vault name stands for: `aws` = node defaults, else an entity prefix.
-    fn vault(&self, name: &str) -> Result<&VaultSettings, String> {
+    /// Resolve a parsed reference against its vault, applying query overrides.
+    pub fn resolve(&self, text: &str, reference: &Reference) -> Result<Resolved, String> {
+        let name = reference.name.as_str();
         if name == "aws" {
-            return Ok(&self.aws);
+            return self
+                .resolve_aws(&self.aws, text, reference)
+                .map(Resolved::Aws);
         }
-        self.vaults
-            .iter()
-            .find(|v| v.prefix == name)
-            .map(|v| &v.settings)
-            .ok_or_else(|| format!("could not find vault ({name})"))
+        if name == "env" {
+            return Ok(Resolved::Env(resolve_env(&self.env, text, reference)));
+        }
+        match self.vaults.iter().find(|v| v.prefix == name) {
+            Some(v) if v.name == "env" => Ok(Resolved::Env(resolve_env(&v.env, text, reference))),
+            Some(v) => self
+                .resolve_aws(&v.settings, text, reference)
+                .map(Resolved::Aws),
+            None => Err(format!("could not find vault ({name})")),
+        }
     }
 
-    /// Resolve a parsed reference against its vault, applying query overrides.
-    pub fn resolve(&self, text: &str, reference: &Reference) -> Result<ResolvedRef, String> {
-        let mut settings = self.vault(&reference.name)?.clone();
+    fn resolve_aws(
+        &self,
+        vault: &VaultSettings,
+        text: &str,
+        reference: &Reference,
+    ) -> Result<ResolvedRef, String> {
+        let mut settings = vault.clone();
         let mut overrides = BTreeMap::new();
         for (name, value) in &reference.query {
             if !VaultSettings::FIELDS.contains(&name.as_str()) {
@@ -463,6 +578,26 @@ impl Config {
     }
 }
 
+/// An env vault reference: `prefix` may be overridden by the query (Kong);
+/// an invalid override leaves it unset.
+fn resolve_env(vault: &EnvSettings, text: &str, reference: &Reference) -> EnvRef {
+    let mut settings = vault.clone();
+    let mut overrides = BTreeMap::new();
+    if let Some(value) = reference.query.get("prefix") {
+        settings.prefix = value.as_deref().and_then(|p| env_prefix(p).ok());
+        if let Some(p) = &settings.prefix {
+            overrides.insert("prefix".to_string(), p.clone());
+        }
+    }
+    EnvRef {
+        text: text.to_string(),
+        reference: reference.clone(),
+        variable: settings.variable(&reference.resource, reference.version),
+        key: reference.key.clone(),
+        overrides,
+    }
+}
+
 fn vault_entity(value: &Value, path: &str) -> Result<VaultEntity, String> {
     let map = object(value, path)?;
     for name in map.keys() {
@@ -480,11 +615,15 @@ fn vault_entity(value: &Value, path: &str) -> Result<VaultEntity, String> {
                 json_type(v)
             ))
         }
-        None => return Err(format!("{path}.name: required (the vault type, \"aws\")")),
+        None => {
+            return Err(format!(
+                "{path}.name: required (the vault type, \"aws\" or \"env\")"
+            ))
+        }
     };
-    if name != "aws" {
+    if name != "aws" && name != "env" {
         return Err(format!(
-            "{path}.name: unsupported vault type '{name}' (supported: aws)"
+            "{path}.name: unsupported vault type '{name}' (supported: aws, env)"
         ));
     }
     let prefix = match map.get("prefix") {
@@ -508,20 +647,32 @@ fn vault_entity(value: &Value, path: &str) -> Result<VaultEntity, String> {
             ))
         }
     };
-    let settings = match map.get("config") {
-        Some(v) if !v.is_null() => VaultSettings::from_json(v, &format!("{path}.config"))?,
-        _ => VaultSettings::default(),
+    let config = map.get("config").filter(|v| !v.is_null());
+    let config_path = format!("{path}.config");
+    let (settings, env) = if name == "env" {
+        let env = match config {
+            Some(v) => EnvSettings::from_json(v, &config_path)?,
+            None => EnvSettings::default(),
+        };
+        (VaultSettings::default(), env)
+    } else {
+        let settings = match config {
+            Some(v) => VaultSettings::from_json(v, &config_path)?,
+            None => VaultSettings::default(),
+        };
+        if settings.region.is_none() {
+            return Err(format!(
+                "{path}.config.region: required (a vault entity uses only its own config)"
+            ));
+        }
+        (settings, EnvSettings::default())
     };
-    if settings.region.is_none() {
-        return Err(format!(
-            "{path}.config.region: required (a vault entity uses only its own config)"
-        ));
-    }
     Ok(VaultEntity {
         name,
         prefix,
         description,
         settings,
+        env,
     })
 }
 
@@ -757,7 +908,7 @@ mod tests {
         let refs: Vec<_> = c.references().collect();
         assert_eq!(refs.len(), 2);
         let (h, text, r) = refs[0];
-        let resolved = c.resolve(text, r).unwrap();
+        let resolved = c.resolve(text, r).unwrap().into_aws().unwrap();
         assert_eq!(h.field, "request_headers.Authorization");
         assert_eq!(resolved.target.region, "us-east-1");
         assert_eq!(resolved.target.upstream, "127.0.0.1:4566");
@@ -766,7 +917,7 @@ mod tests {
         assert_eq!(resolved.target.secret_id, "prod/api");
         assert_eq!(resolved.key.as_deref(), Some("token"));
         let (_, text, r) = refs[1];
-        let resolved = c.resolve(text, r).unwrap();
+        let resolved = c.resolve(text, r).unwrap().into_aws().unwrap();
         assert_eq!(resolved.target.region, "eu-central-1");
         assert_eq!(resolved.target.upstream, "sm_eu");
         assert_eq!(resolved.target.stage, VersionStage::Previous);
@@ -812,7 +963,7 @@ mod tests {
         )
         .unwrap();
         let (_, text, r) = c.references().next().unwrap();
-        let resolved = c.resolve(text, r).unwrap();
+        let resolved = c.resolve(text, r).unwrap().into_aws().unwrap();
         assert_eq!(resolved.target.ttl, 60.0);
         assert_eq!(resolved.target.region, "eu-west-1");
         assert_eq!(
@@ -933,6 +1084,39 @@ mod tests {
     }
 
     #[test]
+    fn env_vault_variables() {
+        let c = parse(
+            r#"{"env": {"prefix": "app_"},
+                "vaults": [{"name": "env", "prefix": "ssl-env", "config": {"prefix": "ssl_"}}],
+                "request_headers": {"a": "{vault://env/my-secret}", "b": "{vault://env/db-creds/user#2}",
+                                    "c": "{vault://ssl-env/cert}", "d": "{vault://env/cert/key?prefix=TLS_#1}"}}"#,
+        )
+        .unwrap();
+        let vars: Vec<(String, Option<String>)> = c
+            .references()
+            .map(|(_, t, r)| match c.resolve(t, r).unwrap() {
+                Resolved::Env(e) => (e.variable, e.key),
+                Resolved::Aws(_) => panic!("env expected"),
+            })
+            .collect();
+        assert_eq!(
+            vars,
+            vec![
+                ("APP_MY_SECRET".to_string(), None),
+                (
+                    "APP_DB_CREDS_PREVIOUS".to_string(),
+                    Some("user".to_string())
+                ),
+                ("SSL_CERT".to_string(), None),
+                ("TLS_CERT".to_string(), Some("key".to_string())),
+            ]
+        );
+        let env = |k: &str| (k == "KONG_VAULT_ENV_PREFIX").then(|| "NODE_".to_string());
+        let c = Config::parse(r#"{"request_headers": {"a": "{vault://env/x}"}}"#, &env).unwrap();
+        assert_eq!(c.env.prefix.as_deref(), Some("NODE_"));
+    }
+
+    #[test]
     fn prefix_rules() {
         for ok in ["ab", "aws-sm-vault", "a1", "x-y-2"] {
             assert!(check_prefix(ok).is_ok(), "{ok}");
@@ -951,7 +1135,14 @@ mod tests {
         .unwrap();
         let d: Vec<String> = c
             .references()
-            .map(|(_, t, r)| c.resolve(t, r).unwrap().target.descriptor())
+            .map(|(_, t, r)| {
+                c.resolve(t, r)
+                    .unwrap()
+                    .into_aws()
+                    .unwrap()
+                    .target
+                    .descriptor()
+            })
             .collect();
         assert_eq!(d[0], d[1]);
         assert_ne!(d[0], d[2]);

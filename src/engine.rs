@@ -20,7 +20,7 @@ use crate::aws::secrets_manager::{self, SecretValue};
 use crate::aws::sigv4::{self, Credentials};
 use crate::aws::HttpResponse;
 use crate::cache::{self, Entry, Lease};
-use crate::config::{Config, HeaderTemplate, SecretTarget};
+use crate::config::{Config, EnvRef, HeaderTemplate, Resolved, SecretTarget};
 use crate::host::SharedStore;
 use crate::template::Segment;
 
@@ -235,8 +235,11 @@ pub struct Engine {
 impl Engine {
     /// Build from a validated config. `seed` comes from the host's randomness
     /// (it names this VM in leases and jitters backoff).
+    /// `env` reads environment variables, for `env` vault references, which
+    /// are resolved once, here (a VM's environment never changes).
     pub fn new(
         config: &Config,
+        env: &dyn Fn(&str) -> Option<String>,
         credentials: Option<Credentials>,
         seed: u64,
     ) -> Result<Engine, String> {
@@ -258,11 +261,11 @@ impl Engine {
             stats: Stats::default(),
         };
         for h in &config.request_headers {
-            let compiled = engine.compile(config, h)?;
+            let compiled = engine.compile(config, h, env)?;
             engine.request.push(compiled);
         }
         for h in &config.response_headers {
-            let compiled = engine.compile(config, h)?;
+            let compiled = engine.compile(config, h, env)?;
             engine.response.push(compiled);
         }
         engine.configured = engine.secrets.len();
@@ -274,8 +277,13 @@ impl Engine {
         &self.config.resolve_incoming_headers
     }
 
-    fn compile(&mut self, config: &Config, h: &HeaderTemplate) -> Result<CompiledHeader, String> {
-        self.compile_template(config, h, false)
+    fn compile(
+        &mut self,
+        config: &Config,
+        h: &HeaderTemplate,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<CompiledHeader, String> {
+        self.compile_template(config, h, false, env)
             .map_err(|e| format!("{}: {e}", h.field))
     }
 
@@ -288,6 +296,7 @@ impl Engine {
         config: &Config,
         h: &HeaderTemplate,
         untrusted_text: bool,
+        env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<CompiledHeader, String> {
         let mut parts = Vec::new();
         for segment in &h.template.segments {
@@ -299,9 +308,22 @@ impl Engine {
                             "{text}: query overrides are not allowed in request headers"
                         ));
                     }
-                    let resolved = config
-                        .resolve(text, reference)
-                        .map_err(|e| format!("{text}: {e}"))?;
+                    let resolved = match config.resolve(text, reference) {
+                        Err(e) => return Err(format!("{text}: {e}")),
+                        Ok(Resolved::Aws(r)) => r,
+                        Ok(Resolved::Env(r)) if untrusted_text => {
+                            let _ = r;
+                            return Err(format!(
+                                "{text}: env vault references are not allowed in request headers"
+                            ));
+                        }
+                        Ok(Resolved::Env(r)) => {
+                            parts.push(Part::Lit(
+                                env_value(&r, env).map_err(|e| format!("{text}: {e}"))?,
+                            ));
+                            continue;
+                        }
+                    };
                     let descriptor = resolved.target.descriptor();
                     let secret = match self.secrets.iter().position(|s| s.descriptor == descriptor)
                     {
@@ -429,7 +451,7 @@ impl Engine {
             };
             let config = self.config.clone();
             let compiled = self
-                .compile_template(&config, &h, true)
+                .compile_template(&config, &h, true, &|_| None)
                 .map_err(|e| format!("{}: {e}", h.field))?;
             extra.push(compiled);
         }
@@ -1023,6 +1045,22 @@ impl Engine {
         x ^= x >> 27;
         self.rng = x;
         (x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// The value of an `env` vault reference, checked like a fetched secret.
+fn env_value(r: &EnvRef, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+    let value = env(&r.variable).ok_or_else(|| {
+        format!(
+            "environment variable {} is not set or not visible to the filter (Envoy: vm_config.environment_variables; Kong: nginx env directive)",
+            r.variable
+        )
+    })?;
+    match &r.key {
+        None => header_safe(value),
+        Some(key) => secrets_manager::extract_key(&value, key)
+            .map_err(|e| format!("key '{key}': {e}"))
+            .and_then(header_safe),
     }
 }
 

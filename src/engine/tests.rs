@@ -54,7 +54,9 @@ impl Proxy {
         Proxy {
             store: FakeStore::new(kind),
             vms: (0..vms)
-                .map(|i| Engine::new(&config, Some(creds()), 1000 + i as u64 * 7919).unwrap())
+                .map(|i| {
+                    Engine::new(&config, &|_| None, Some(creds()), 1000 + i as u64 * 7919).unwrap()
+                })
                 .collect(),
             now: 1_700_000_000_000,
         }
@@ -437,7 +439,7 @@ fn waiters_never_wait_forever() {
 #[test]
 fn missing_credentials_fail_with_a_clear_reason() {
     let config = Config::parse(CONFIG, &|_| None).unwrap();
-    let mut e = Engine::new(&config, None, 1).unwrap();
+    let mut e = Engine::new(&config, &|_| None, None, 1).unwrap();
     let mut store = FakeStore::new(HostKind::Envoy);
     let mut out = Vec::new();
     let d = e.on_request(1, 1_000, &[], &mut store, &mut out);
@@ -615,4 +617,60 @@ fn callout_failures_in_each_hosts_shape_fail_waiters_then_recover() {
             }
         }
     }
+}
+
+#[test]
+fn env_vault_values_are_resolved_at_load_and_never_from_requests() {
+    let config = Config::parse(
+        r#"{"aws": {"region": "us-east-1"}, "resolve_incoming_headers": ["x-in"],
+            "request_headers": {"x-env": "k={vault://env/api-key}", "x-json": "{vault://env/db/user#2}"}}"#,
+        &|_| None,
+    )
+    .unwrap();
+    let env = |k: &str| match k {
+        "API_KEY" => Some("env-secret".to_string()),
+        "DB_PREVIOUS" => Some(r#"{"user":"old-user"}"#.to_string()),
+        "AWS_SECRET_ACCESS_KEY" => Some("very-secret".to_string()),
+        _ => None,
+    };
+    let mut e = Engine::new(&config, &env, Some(creds()), 1).unwrap();
+    assert_eq!(e.secret_count(), 0, "no fetch for env references");
+    let mut store = FakeStore::new(HostKind::Envoy);
+    let mut out = Vec::new();
+    let Decision::Continue(h) = e.on_request(1, 0, &[], &mut store, &mut out) else {
+        panic!()
+    };
+    assert_eq!(header(&h.request, "x-env"), "k=env-secret");
+    assert_eq!(header(&h.request, "x-json"), "old-user");
+    let d = e.on_request(
+        2,
+        0,
+        &[("x-in", "{vault://env/aws-secret-access-key}")],
+        &mut store,
+        &mut out,
+    );
+    assert_eq!(
+        d,
+        Decision::Reject,
+        "a request cannot read the filter's environment"
+    );
+    assert!(logs(&out).contains("env vault references are not allowed"));
+    assert!(!logs(&out).contains("very-secret"));
+    let missing = Engine::new(&config, &|_| None, None, 1).err().unwrap();
+    assert!(
+        missing.contains(
+            "request_headers.x-env: {vault://env/api-key}: environment variable API_KEY is not set"
+        ),
+        "{missing}"
+    );
+    let bad = |k: &str| {
+        (k == "API_KEY")
+            .then(|| "a\nb".to_string())
+            .or_else(|| env(k))
+    };
+    let err = Engine::new(&config, &bad, None, 1).err().unwrap();
+    assert!(
+        err.contains("control characters") && !err.contains("a\nb"),
+        "{err}"
+    );
 }

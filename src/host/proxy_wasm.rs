@@ -264,7 +264,7 @@ impl RootContext for Root {
         let text = String::from_utf8_lossy(&bytes);
         let env = |k: &str| std::env::var(k).ok();
         let engine = Config::parse(&text, &env)
-            .and_then(|config| Engine::new(&config, env_credentials(), seed()));
+            .and_then(|config| Engine::new(&config, &env, env_credentials(), seed()));
         match engine {
             Ok(engine) => {
                 log(
