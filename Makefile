@@ -31,6 +31,7 @@ build: target
 	cargo build --release --target $(WASM_TARGET)
 	@mkdir -p $(dir $(WASM))
 	cp target/$(WASM_TARGET)/release/aws_vault.wasm $(WASM)
+	cp kong/aws_vault.meta.json $(dir $(WASM))aws_vault.meta.json
 
 test: venv components build
 	cargo test
