@@ -70,7 +70,8 @@ impl Raw<'_> {
 }
 
 impl VaultSettings {
-    const FIELDS: &'static [&'static str] = &[
+    /// Every settings field the parser accepts.
+    pub const FIELDS: &'static [&'static str] = &[
         "region",
         "endpoint_url",
         "upstream",
@@ -227,7 +228,7 @@ fn env_prefix(p: &str) -> Result<String, String> {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Resolved {
     /// A Secrets Manager secret.
-    Aws(ResolvedRef),
+    Aws(Box<ResolvedRef>),
     /// An environment variable (the `env` vault).
     Env(EnvRef),
 }
@@ -235,7 +236,7 @@ pub enum Resolved {
 impl Resolved {
     pub fn into_aws(self) -> Option<ResolvedRef> {
         match self {
-            Resolved::Aws(r) => Some(r),
+            Resolved::Aws(r) => Some(*r),
             Resolved::Env(_) => None,
         }
     }
@@ -355,6 +356,20 @@ pub struct Config {
     pub resolve_incoming_headers: Vec<String>,
 }
 
+/// Fields of a vault entity.
+pub const ENTITY_FIELDS: &[&str] = &["name", "prefix", "description", "config", "id", "tags"];
+/// Fields of an `env` vault's settings.
+pub const ENV_FIELDS: &[&str] = &["prefix"];
+
+/// Kong encodes an empty Lua table (an empty list) as `{}`: accept it as `[]`.
+fn empty_list_or(value: &Value) -> Option<&Value> {
+    match value {
+        Value::Null => None,
+        Value::Object(map) if map.is_empty() => None,
+        v => Some(v),
+    }
+}
+
 /// Top-level fields of the configuration.
 pub const TOP_LEVEL_FIELDS: &[&str] = &[
     "aws",
@@ -417,7 +432,7 @@ impl Config {
             }
         }
         let mut vaults = Vec::new();
-        if let Some(list) = top.get("vaults").filter(|v| !v.is_null()) {
+        if let Some(list) = top.get("vaults").and_then(empty_list_or) {
             let Value::Array(items) = list else {
                 return Err(format!(
                     "vaults: expected an array, got {}",
@@ -488,7 +503,7 @@ impl Config {
         if name == "aws" {
             return self
                 .resolve_aws(&self.aws, text, reference)
-                .map(Resolved::Aws);
+                .map(|r| Resolved::Aws(Box::new(r)));
         }
         if name == "env" {
             return Ok(Resolved::Env(resolve_env(&self.env, text, reference)));
@@ -497,7 +512,7 @@ impl Config {
             Some(v) if v.name == "env" => Ok(Resolved::Env(resolve_env(&v.env, text, reference))),
             Some(v) => self
                 .resolve_aws(&v.settings, text, reference)
-                .map(Resolved::Aws),
+                .map(|r| Resolved::Aws(Box::new(r))),
             None => Err(format!("could not find vault ({name})")),
         }
     }
@@ -601,7 +616,7 @@ fn resolve_env(vault: &EnvSettings, text: &str, reference: &Reference) -> EnvRef
 fn vault_entity(value: &Value, path: &str) -> Result<VaultEntity, String> {
     let map = object(value, path)?;
     for name in map.keys() {
-        if !["name", "prefix", "description", "config", "id", "tags"].contains(&name.as_str()) {
+        if !ENTITY_FIELDS.contains(&name.as_str()) {
             return Err(format!(
                 "{path}.{name}: unknown field (expected one of: name, prefix, description, config)"
             ));
@@ -749,7 +764,7 @@ fn incoming_headers(
     configured: &[HeaderTemplate],
 ) -> Result<Vec<String>, String> {
     const PATH: &str = "resolve_incoming_headers";
-    let Some(value) = value.filter(|v| !v.is_null()) else {
+    let Some(value) = value.and_then(empty_list_or) else {
         return Ok(Vec::new());
     };
     let Value::Array(items) = value else {
@@ -1024,7 +1039,7 @@ mod tests {
                 r#"{"request_headers": {"X": "a", "x": "b"}}"#,
                 "request_headers.x: header given twice",
             ),
-            (r#"{"vaults": {}}"#, "vaults: expected an array"),
+            (r#"{"vaults": {"a": 1}}"#, "vaults: expected an array"),
             (
                 r#"{"resolve_incoming_headers": "x"}"#,
                 "resolve_incoming_headers: expected an array",
