@@ -32,6 +32,7 @@ class Call:
     headers: list[tuple[str, str]]
     body: bytes
     status: int | None = None   # returned to the client; None = connection dropped
+    at: float = field(default_factory=time.monotonic)  # when it arrived (time.monotonic())
 
     def header(self, name: str) -> str | None:
         return next((v for k, v in self.headers if k.lower() == name.lower()), None)
