@@ -310,7 +310,7 @@ impl Engine {
                     }
                     let resolved = match config.resolve(text, reference) {
                         Err(e) => return Err(format!("{text}: {e}")),
-                        Ok(Resolved::Aws(r)) => r,
+                        Ok(Resolved::Aws(r)) => *r,
                         Ok(Resolved::Env(r)) if untrusted_text => {
                             let _ = r;
                             return Err(format!(
@@ -493,7 +493,9 @@ impl Engine {
         if secret.fetch == Some(fetch) {
             secret.fetch = None;
         }
-        Lease::release(store, &secret.lease_key, self.holder);
+        // Released only after the outcome is published, so that a VM taking
+        // the lease next finds the result instead of fetching again.
+        let lease_key = secret.lease_key.clone();
         let outcome = match result {
             CalloutResult::Failed(reason) => {
                 Err((format!("callout failed: {reason}"), false, "callout"))
@@ -519,6 +521,7 @@ impl Engine {
                 self.record_failure(f.secret, reason, cacheable, now, store, out)
             }
         }
+        Lease::release(store, &lease_key, self.holder);
         self.flush(now, store, active, out);
     }
 
@@ -574,13 +577,15 @@ impl Engine {
             .collect();
         for (id, secret) in lost {
             self.fetches.remove(&id);
-            if let Some(s) = self.secrets.get_mut(secret) {
-                s.fetch = None;
-                Lease::release(store, &s.lease_key, self.holder);
-            }
+            let Some(s) = self.secrets.get_mut(secret) else {
+                continue;
+            };
+            s.fetch = None;
+            let lease_key = s.lease_key.clone();
             let reason = "callout lost: no answer before its timeout".to_string();
             self.stats.failed("callout");
             self.record_failure(secret, reason, false, now, store, out);
+            Lease::release(store, &lease_key, self.holder);
         }
         for i in 0..self.secrets.len() {
             self.sync(i, store);
@@ -657,7 +662,10 @@ impl Engine {
         }
         if !self.start_fetch(i, now, store, owner, out) {
             // Another VM holds the lease (its result arrives via shared
-            // data), or the fetch failed at once (recorded; next pass fails).
+            // data) or just published, or the fetch failed at once.
+            if self.usable(i, now) {
+                return Status::Usable;
+            }
             if let Some(e) = self.secrets.get(i).and_then(|s| s.entry.as_ref()) {
                 if now < e.retry_at && e.usable(now).is_none() {
                     let reason = e.error.clone().unwrap_or_else(|| "fetch failed".into());
@@ -750,6 +758,23 @@ impl Engine {
         if !Lease::acquire(store, &s.lease_key, self.holder, now, deadline) {
             return false;
         }
+        // Another VM may have published between our look at shared data and
+        // taking the lease: fetch only if it is still due.
+        let lease_key = s.lease_key.clone();
+        self.sync(i, store);
+        let due = self.secrets.get(i).is_some_and(|s| {
+            s.entry
+                .as_ref()
+                .is_none_or(|e| e.expired(now) && now >= e.retry_at)
+        });
+        if !due {
+            Lease::release(store, &lease_key, self.holder);
+            return false;
+        }
+        let Some(s) = self.secrets.get(i) else {
+            return false;
+        };
+        let t = &s.target;
         let mut request =
             secrets_manager::get_secret_value_request(&t.endpoint, &t.secret_id, t.stage);
         let signed = match &self.credentials {
@@ -763,9 +788,9 @@ impl Engine {
         let (upstream, timeout_ms, lease_key) =
             (t.upstream.clone(), t.timeout_ms, s.lease_key.clone());
         if let Err(reason) = signed {
-            Lease::release(store, &lease_key, self.holder);
             self.stats.failed("credentials");
             self.record_failure(i, reason, false, now, store, out);
+            Lease::release(store, &lease_key, self.holder);
             return false;
         }
         let id = self.next_fetch;

@@ -50,17 +50,43 @@ pub fn callout_result(
             .unwrap_or_else(|| "no response".into());
         return CalloutResult::Failed(why);
     };
+    // Envoy's own answer for a connect failure, reset or timeout (503/504
+    // with an "upstream ..." text body), not AWS's: AWS answers carry a
+    // request id.
+    let from_aws = headers
+        .iter()
+        .any(|(n, _)| n.eq_ignore_ascii_case("x-amzn-requestid"));
+    if !from_aws && (status == 503 || status == 504) && body_size <= 512 {
+        let text = body();
+        if text.starts_with(b"upstream ") || text.starts_with(b"no healthy upstream") {
+            let why: String = String::from_utf8_lossy(&text)
+                .chars()
+                .filter(|c| !c.is_control())
+                .take(200)
+                .collect();
+            return CalloutResult::Failed(format!("{status} from the proxy: {why}"));
+        }
+        return CalloutResult::Response(HttpResponse {
+            status,
+            headers: regular(headers),
+            body: text,
+        });
+    }
     if body_size > max_body {
         return CalloutResult::Failed(format!("response body of {body_size} bytes is too large"));
     }
-    let headers = headers
+    CalloutResult::Response(HttpResponse {
+        status,
+        headers: regular(headers),
+        body: body(),
+    })
+}
+
+/// Regular headers, lower-cased; pseudo-headers dropped.
+fn regular(headers: Vec<(String, String)>) -> Vec<(String, String)> {
+    headers
         .into_iter()
         .filter(|(n, _)| !n.starts_with(':'))
         .map(|(n, v)| (n.to_ascii_lowercase(), v))
-        .collect();
-    CalloutResult::Response(HttpResponse {
-        status,
-        headers,
-        body: body(),
-    })
+        .collect()
 }
