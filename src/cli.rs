@@ -66,7 +66,7 @@ pub fn check(text: &str, env: &dyn Fn(&str) -> Option<String>) -> (Vec<String>, 
     // What only the filter's start can tell: env vault values (variables
     // present, keys found, header-safe). Values are never printed.
     if status == 0 {
-        if let Err(e) = Engine::new(&config, env, None, 0) {
+        if let Err(e) = Engine::new(&config, env, 0) {
             lines.push(error_line(None, &e));
             status = 1;
         }

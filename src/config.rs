@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
 
+use crate::aws::credentials::CredentialsConfig;
 use crate::aws::secrets_manager::{self, Endpoint, VersionStage};
 use crate::reference::Reference;
 use crate::template::{self, Template, TemplateError};
@@ -347,6 +348,8 @@ pub struct Config {
     pub aws: VaultSettings,
     /// Node-level defaults for `{vault://env/...}` (`KONG_VAULT_ENV_PREFIX` applied).
     pub env: EnvSettings,
+    /// Where AWS credentials come from (default: the SDK chain).
+    pub credentials: CredentialsConfig,
     pub vaults: Vec<VaultEntity>,
     pub request_headers: Vec<HeaderTemplate>,
     pub response_headers: Vec<HeaderTemplate>,
@@ -374,6 +377,7 @@ fn empty_list_or(value: &Value) -> Option<&Value> {
 pub const TOP_LEVEL_FIELDS: &[&str] = &[
     "aws",
     "env",
+    "credentials",
     "vaults",
     "request_headers",
     "response_headers",
@@ -457,7 +461,12 @@ impl Config {
         let request_headers = headers(top.get("request_headers"), "request_headers", &mut checks)?;
         let resolve_incoming_headers =
             incoming_headers(top.get("resolve_incoming_headers"), &request_headers)?;
+        let credentials = match top.get("credentials") {
+            Some(v) if !v.is_null() => CredentialsConfig::from_json(v, "credentials")?,
+            _ => CredentialsConfig::default(),
+        };
         let mut config = Config {
+            credentials,
             env: env_defaults,
             resolve_incoming_headers,
             aws,

@@ -16,7 +16,9 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::time::{Duration, SystemTime};
 
-use crate::aws::secrets_manager::{self, SecretValue};
+use crate::aws::credentials::assume_role::AssumeRoleSettings;
+use crate::aws::credentials::{CredentialSet, Poll, Slot, Update};
+use crate::aws::secrets_manager::{self, ErrorKind, SecretValue};
 use crate::aws::sigv4::{self, Credentials};
 use crate::aws::HttpResponse;
 use crate::cache::{self, Entry, Lease};
@@ -166,6 +168,10 @@ impl Stats {
 
 struct Secret {
     target: SecretTarget,
+    /// Where its signing credentials come from (base chain or an assumed role).
+    slot: Slot,
+    /// AWS refused the last credentials: the next fetch is the one retry.
+    retrying: bool,
     descriptor: String,
     skey: String,
     lease_key: String,
@@ -199,9 +205,20 @@ struct Waiter {
 }
 
 struct Fetch {
-    secret: usize,
+    kind: FetchKind,
     owner: Owner,
     deadline: u64,
+}
+
+enum FetchKind {
+    /// GetSecretValue for a secret, signed with these credentials.
+    Secret {
+        secret: usize,
+        credentials: Credentials,
+        retry: bool,
+    },
+    /// A credentials provider's callout (its id in the [`CredentialSet`]).
+    Credentials(u64),
 }
 
 #[derive(Clone)]
@@ -227,7 +244,7 @@ pub struct Engine {
     /// This VM's id in leases.
     holder: u64,
     rng: u64,
-    credentials: Option<Credentials>,
+    credentials: CredentialSet,
     dirty: bool,
     pub stats: Stats,
 }
@@ -235,12 +252,12 @@ pub struct Engine {
 impl Engine {
     /// Build from a validated config. `seed` comes from the host's randomness
     /// (it names this VM in leases and jitters backoff).
-    /// `env` reads environment variables, for `env` vault references, which
-    /// are resolved once, here (a VM's environment never changes).
+    /// `env` reads environment variables: for `env` vault references, which
+    /// are resolved once, here (a VM's environment never changes), and for
+    /// the credential providers.
     pub fn new(
         config: &Config,
         env: &dyn Fn(&str) -> Option<String>,
-        credentials: Option<Credentials>,
         seed: u64,
     ) -> Result<Engine, String> {
         let mut engine = Engine {
@@ -256,7 +273,7 @@ impl Engine {
             next_fetch: 1,
             holder: seed | 1,
             rng: seed ^ 0x9e37_79b9_7f4a_7c15,
-            credentials,
+            credentials: CredentialSet::new(&config.credentials, env),
             dirty: false,
             stats: Stats::default(),
         };
@@ -335,7 +352,22 @@ impl Engine {
                                 ));
                             }
                             let skey = cache::shared_key(&descriptor);
+                            let slot = match &resolved.target.assume_role_arn {
+                                None => Slot::Base,
+                                Some(arn) => {
+                                    let t = &resolved.target;
+                                    let mut role = AssumeRoleSettings::new(arn, &t.region);
+                                    role.session_name = t.role_session_name.clone();
+                                    role.sts_endpoint = t.sts_endpoint.clone();
+                                    role.timeout_ms = t.timeout_ms;
+                                    self.credentials
+                                        .role(role)
+                                        .map_err(|e| format!("{text}: assume_role_arn: {e}"))?
+                                }
+                            };
                             self.secrets.push(Secret {
+                                slot,
+                                retrying: false,
                                 lease_key: format!("{skey}/lease"),
                                 skey,
                                 descriptor,
@@ -487,15 +519,55 @@ impl Engine {
         let Some(f) = self.fetches.remove(&fetch) else {
             return; // already given up on (expired by the tick)
         };
-        let Some(secret) = self.secrets.get_mut(f.secret) else {
+        match f.kind {
+            FetchKind::Credentials(id) => {
+                let result = match result {
+                    CalloutResult::Response(r) => Ok(r),
+                    CalloutResult::Failed(why) => Err(why),
+                };
+                match self.credentials.on_response(id, result, now) {
+                    Update::Failed { reason, .. } => out.push(Action::Log {
+                        level: Level::Warn,
+                        message: format!("getting AWS credentials failed: {reason}"),
+                    }),
+                    Update::Refreshed { .. } => out.push(Action::Log {
+                        level: Level::Info,
+                        message: "AWS credentials refreshed".into(),
+                    }),
+                    Update::Progress | Update::Ignored => {}
+                }
+                // More steps (IMDS), and fetches that waited for credentials.
+                self.drive_credentials(now, active, out);
+                self.dirty = true;
+            }
+            FetchKind::Secret {
+                secret,
+                credentials,
+                retry,
+            } => self.secret_answer(secret, credentials, retry, result, now, store, out),
+        }
+        self.flush(now, store, active, out);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn secret_answer(
+        &mut self,
+        i: usize,
+        used: Credentials,
+        retry: bool,
+        result: CalloutResult,
+        now: u64,
+        store: &mut dyn SharedStore,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(secret) = self.secrets.get_mut(i) else {
             return;
         };
-        if secret.fetch == Some(fetch) {
-            secret.fetch = None;
-        }
+        secret.fetch = None;
         // Released only after the outcome is published, so that a VM taking
         // the lease next finds the result instead of fetching again.
         let lease_key = secret.lease_key.clone();
+        let slot = secret.slot;
         let outcome = match result {
             CalloutResult::Failed(reason) => {
                 Err((format!("callout failed: {reason}"), false, "callout"))
@@ -508,6 +580,25 @@ impl Engine {
                     true,
                     "other",
                 )),
+                Err(e) if e.kind == ErrorKind::Credentials && !retry => {
+                    // Expired or revoked credentials: drop them, fetch new
+                    // ones, and retry once (from the next evaluation).
+                    out.push(Action::Log {
+                        level: Level::Info,
+                        message: format!(
+                            "fetching {} was refused ({}): renewing credentials and retrying once",
+                            self.describe(i),
+                            e.code
+                        ),
+                    });
+                    self.credentials.invalidate(slot, Some(&used));
+                    if let Some(s) = self.secrets.get_mut(i) {
+                        s.retrying = true;
+                    }
+                    Lease::release(store, &lease_key, self.holder);
+                    self.dirty = true;
+                    return;
+                }
                 Err(e) => {
                     let cacheable = !e.kind.is_retryable();
                     Err((e.to_string(), cacheable, e.kind.as_str()))
@@ -515,14 +606,66 @@ impl Engine {
             },
         };
         match outcome {
-            Ok(value) => self.record_success(f.secret, value, now, store, out),
+            Ok(value) => self.record_success(i, value, now, store, out),
             Err((reason, cacheable, label)) => {
                 self.stats.failed(label);
-                self.record_failure(f.secret, reason, cacheable, now, store, out)
+                self.record_failure(i, reason, cacheable, now, store, out)
             }
         }
         Lease::release(store, &lease_key, self.holder);
-        self.flush(now, store, active, out);
+    }
+
+    /// Poll every credentials slot, dispatching what providers ask for:
+    /// refresh ahead of expiry happens here, off the request path.
+    fn drive_credentials(&mut self, now: u64, owner: Owner, out: &mut Vec<Action>) {
+        let slots: Vec<Slot> = self.credentials.slots().collect();
+        for slot in slots {
+            // Failures are logged when the provider reports them; a fetch
+            // that needs these credentials records its own.
+            let _ = self.poll_credentials(slot, now, owner, out);
+        }
+    }
+
+    /// Credentials for `slot`, if ready; dispatches the provider's callouts.
+    fn poll_credentials(
+        &mut self,
+        slot: Slot,
+        now: u64,
+        owner: Owner,
+        out: &mut Vec<Action>,
+    ) -> Result<Option<Credentials>, String> {
+        // A provider asks for one callout per poll (IMDS: token, then role...).
+        for _ in 0..8 {
+            match self.credentials.poll(slot, now) {
+                Poll::Ready(c) => return Ok(Some(c.credentials)),
+                Poll::Pending => return Ok(None),
+                Poll::NotConfigured(why) | Poll::Failed(why) => return Err(why),
+                Poll::Dispatch {
+                    id,
+                    upstream,
+                    request,
+                    timeout_ms,
+                } => {
+                    let fetch = self.next_fetch;
+                    self.next_fetch += 1;
+                    self.fetches.insert(
+                        fetch,
+                        Fetch {
+                            kind: FetchKind::Credentials(id),
+                            owner,
+                            deadline: now + u64::from(timeout_ms) + CALLOUT_GRACE_MS,
+                        },
+                    );
+                    out.push(Action::Dispatch {
+                        fetch,
+                        upstream,
+                        request,
+                        timeout_ms,
+                    });
+                }
+            }
+        }
+        Ok(None)
     }
 
     /// A dispatch the engine asked for could not even be sent.
@@ -557,8 +700,16 @@ impl Engine {
             .map(|(id, _)| *id)
             .collect();
         for id in orphaned {
-            if let Some(f) = self.fetches.remove(&id) {
-                if let Some(s) = self.secrets.get_mut(f.secret) {
+            // Credentials callouts stay: their providers give up on them
+            // after their timeout and try again.
+            if let Some(Fetch {
+                kind: FetchKind::Secret { secret, .. },
+                ..
+            }) = self.fetches.get(&id)
+            {
+                let secret = *secret;
+                self.fetches.remove(&id);
+                if let Some(s) = self.secrets.get_mut(secret) {
                     s.fetch = None;
                     Lease::release(store, &s.lease_key, self.holder);
                 }
@@ -569,14 +720,20 @@ impl Engine {
     /// Periodic work from the root context: prefetch, refresh, expire lost
     /// callouts, pick up what other VMs fetched, resolve waiters.
     pub fn on_tick(&mut self, now: u64, store: &mut dyn SharedStore, out: &mut Vec<Action>) {
-        let lost: Vec<(u64, usize)> = self
+        let lost: Vec<u64> = self
             .fetches
             .iter()
             .filter(|(_, f)| now >= f.deadline)
-            .map(|(id, f)| (*id, f.secret))
+            .map(|(id, _)| *id)
             .collect();
-        for (id, secret) in lost {
-            self.fetches.remove(&id);
+        for id in lost {
+            let Some(Fetch {
+                kind: FetchKind::Secret { secret, .. },
+                ..
+            }) = self.fetches.remove(&id)
+            else {
+                continue; // credentials: the provider expires its own callouts
+            };
             let Some(s) = self.secrets.get_mut(secret) else {
                 continue;
             };
@@ -587,6 +744,7 @@ impl Engine {
             self.record_failure(secret, reason, false, now, store, out);
             Lease::release(store, &lease_key, self.holder);
         }
+        self.drive_credentials(now, Owner::Root, out);
         for i in 0..self.secrets.len() {
             self.sync(i, store);
             let due = self.secrets.get(i).is_some_and(|s| {
@@ -750,6 +908,20 @@ impl Engine {
         owner: Owner,
         out: &mut Vec<Action>,
     ) -> bool {
+        let Some(slot) = self.secrets.get(i).map(|s| s.slot) else {
+            return false;
+        };
+        // Credentials first: this VM's own, no lease needed to get them.
+        let credentials = match self.poll_credentials(slot, now, owner, out) {
+            Ok(Some(c)) => c,
+            Ok(None) => return false, // being fetched; re-evaluated when they arrive
+            Err(why) => {
+                self.stats.failed("credentials");
+                let reason = format!("no AWS credentials: {why}");
+                self.record_failure(i, reason, false, now, store, out);
+                return false;
+            }
+        };
         let Some(s) = self.secrets.get(i) else {
             return false;
         };
@@ -777,14 +949,15 @@ impl Engine {
         let t = &s.target;
         let mut request =
             secrets_manager::get_secret_value_request(&t.endpoint, &t.secret_id, t.stage);
-        let signed = match &self.credentials {
-            None => Err("no AWS credentials: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY are not set in the filter's environment".to_string()),
-            Some(creds) => {
-                let time = SystemTime::UNIX_EPOCH + Duration::from_millis(now);
-                sigv4::sign(&mut request, creds, &t.region, "secretsmanager", time)
-                    .map_err(|e| format!("signing failed: {e}"))
-            }
-        };
+        let time = SystemTime::UNIX_EPOCH + Duration::from_millis(now);
+        let signed = sigv4::sign(
+            &mut request,
+            &credentials,
+            &t.region,
+            "secretsmanager",
+            time,
+        )
+        .map_err(|e| format!("signing failed: {e}"));
         let (upstream, timeout_ms, lease_key) =
             (t.upstream.clone(), t.timeout_ms, s.lease_key.clone());
         if let Err(reason) = signed {
@@ -795,16 +968,22 @@ impl Engine {
         }
         let id = self.next_fetch;
         self.next_fetch += 1;
+        let retry = self.secrets.get(i).is_some_and(|s| s.retrying);
         self.fetches.insert(
             id,
             Fetch {
-                secret: i,
+                kind: FetchKind::Secret {
+                    secret: i,
+                    credentials,
+                    retry,
+                },
                 owner,
                 deadline,
             },
         );
         if let Some(s) = self.secrets.get_mut(i) {
             s.fetch = Some(id);
+            s.retrying = false;
         }
         self.stats.fetches_started += 1;
         if self

@@ -1,10 +1,13 @@
-//! AWS wire protocols: SigV4 signing and Secrets Manager requests/responses.
+//! AWS wire protocols: SigV4 signing, Secrets Manager and STS requests/responses,
+//! and the credential providers.
 //!
 //! Requests are plain data ([`HttpRequest`]); the host shell turns them into
 //! proxy-wasm callouts and hands the answer back as an [`HttpResponse`].
 
+pub mod credentials;
 pub mod secrets_manager;
 pub mod sigv4;
+pub mod sts;
 
 /// An HTTP request to send as a host callout. `authority` is what goes into
 /// `:authority` (and so `Host`), and is what SigV4 signs.

@@ -237,7 +237,10 @@ impl std::error::Error for StsError {}
 pub fn parse_credentials_response(resp: &HttpResponse) -> Result<TimedCredentials, StsError> {
     let status = resp.status;
     if resp.body.len() > MAX_BODY_LEN {
-        return Err(StsError::fixed(status, "response body is larger than 64 KiB"));
+        return Err(StsError::fixed(
+            status,
+            "response body is larger than 64 KiB",
+        ));
     }
     let body = String::from_utf8_lossy(&resp.body);
     if !(200..300).contains(&status) {
@@ -245,15 +248,21 @@ pub fn parse_credentials_response(resp: &HttpResponse) -> Result<TimedCredential
     }
     // A 2xx body holds the credentials: fixed messages only from here.
     let Some(creds) = element(&body, "Credentials") else {
-        // Some proxies answer errors with 200.
+        // Some proxies answer errors with 200. The body may still hold
+        // credentials: keep only a code that looks like one, no message.
         if let Some(err) = element(&body, "Error") {
-            return Err(error_from(status, err));
+            let code = error_from(status, err).code.filter(|c| looks_like_code(c));
+            return Err(StsError {
+                status,
+                code,
+                message: String::new(),
+            });
         }
         return Err(StsError::fixed(status, "response has no Credentials"));
     };
     let field = |name: &str| element(creds, name).map(text).filter(|v| !v.is_empty());
-    let access_key_id =
-        field("AccessKeyId").ok_or_else(|| StsError::fixed(status, "response has no AccessKeyId"))?;
+    let access_key_id = field("AccessKeyId")
+        .ok_or_else(|| StsError::fixed(status, "response has no AccessKeyId"))?;
     let secret_access_key = field("SecretAccessKey")
         .ok_or_else(|| StsError::fixed(status, "response has no SecretAccessKey"))?;
     let session_token = field("SessionToken")
@@ -300,11 +309,12 @@ fn parse_error(status: u16, body: &str) -> StsError {
 
 fn error_from(status: u16, err: &str) -> StsError {
     let code = element(err, "Code")
-        .map(text)
+        .map(|c| text(prefix(c, 256)))
         .map(|c| credentials::scrub(&c, &[], 64))
         .filter(|c| !c.is_empty());
+    // Only the start of a message is shown: decode no more than that.
     let message = element(err, "Message")
-        .map(text)
+        .map(|m| text(prefix(m, 4 * MAX_MESSAGE_CHARS)))
         .map(|m| message_text(&m))
         .unwrap_or_default();
     StsError {
@@ -314,12 +324,34 @@ fn error_from(status: u16, err: &str) -> StsError {
     }
 }
 
+/// `AccessDenied`, `Sender.Throttling`...: letters, digits, `.`, `_`, `-`.
+fn looks_like_code(c: &str) -> bool {
+    !c.is_empty()
+        && c.len() <= 64
+        && c.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+}
+
+/// At most `max` bytes of `s`, cut at a character boundary.
+fn prefix(s: &str, max: usize) -> &str {
+    let mut end = max.min(s.len());
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s.get(..end).unwrap_or("")
+}
+
 /// An error message safe to log: cut before an echoed canonical request or
 /// string-to-sign (which would show the session token), or any blank line,
 /// then made printable and capped.
 fn message_text(m: &str) -> String {
     let mut cut = m.len();
-    for marker in ["The Canonical String", "The String-to-Sign", "\n\n", "\r\n\r\n"] {
+    for marker in [
+        "The Canonical String",
+        "The String-to-Sign",
+        "\n\n",
+        "\r\n\r\n",
+    ] {
         if let Some(i) = m.find(marker) {
             cut = cut.min(i);
         }
@@ -394,7 +426,10 @@ fn unescape(s: &str) -> String {
     while let Some(amp) = rest.find('&') {
         out.push_str(rest.get(..amp).unwrap_or(""));
         let after = rest.get(amp + 1..).unwrap_or("");
-        let decoded = after.find(';').filter(|&semi| semi <= 10).and_then(|semi| {
+        // Entities are short: look for the `;` in the next few bytes only
+        // (a scan of the whole rest would be quadratic on a run of `&`).
+        let semi = after.bytes().take(12).position(|b| b == b';');
+        let decoded = semi.and_then(|semi| {
             let entity = after.get(..semi)?;
             let c = match entity {
                 "amp" => '&',
@@ -531,12 +566,22 @@ mod tests {
         let full = sts_xml("AssumeRole", T0);
         let cases = [
             ("<html>ok</html>".to_string(), "no Credentials"),
-            (full.replace("<AccessKeyId>", "<X>").replace("</AccessKeyId>", "</X>"), "no AccessKeyId"),
+            (
+                full.replace("<AccessKeyId>", "<X>")
+                    .replace("</AccessKeyId>", "</X>"),
+                "no AccessKeyId",
+            ),
             (full.replace("SecretAccessKey>", "X>"), "no SecretAccessKey"),
             (full.replace("SessionToken>", "X>"), "no SessionToken"),
             (full.replace("Expiration>", "X>"), "no Expiration"),
-            (full.replace("2024-01-01T00:00:00Z", "soon"), "invalid Expiration"),
-            (full.replace(SECRET, "has space"), "invalid secret access key"),
+            (
+                full.replace("2024-01-01T00:00:00Z", "soon"),
+                "invalid Expiration",
+            ),
+            (
+                full.replace(SECRET, "has space"),
+                "invalid secret access key",
+            ),
         ];
         for (xml, want) in cases {
             let e = parse_credentials_response(&resp(200, &xml)).unwrap_err();
@@ -592,7 +637,8 @@ mod tests {
         let e = parse_credentials_response(&resp(503, "Service Unavailable\r\n")).unwrap_err();
         assert_eq!(e.to_string(), "STS answered HTTP 503: Service Unavailable");
         assert!(e.is_retryable());
-        let e = parse_credentials_response(&resp(500, "<html><body>boom</body></html>")).unwrap_err();
+        let e =
+            parse_credentials_response(&resp(500, "<html><body>boom</body></html>")).unwrap_err();
         assert_eq!(e.to_string(), "STS answered HTTP 500");
         let e = parse_credentials_response(&resp(
             400,
@@ -610,10 +656,29 @@ mod tests {
     }
 
     #[test]
+    fn many_ampersands_are_linear() {
+        let body = format!(
+            "<ErrorResponse><Error><Code>X</Code><Message>{}</Message></Error></ErrorResponse>",
+            "&".repeat(60 * 1024)
+        );
+        let started = std::time::Instant::now();
+        let e = parse_credentials_response(&resp(400, &body)).unwrap_err();
+        assert_eq!(e.code.as_deref(), Some("X"));
+        assert!(started.elapsed().as_secs_f64() < 0.5);
+        // An error inside a 2xx: a code only if it looks like one, no message.
+        let weird = format!("<Error><Code>{SECRET}</Code><Message>{TOKEN}</Message></Error>");
+        let e = parse_credentials_response(&resp(200, &weird)).unwrap_err();
+        assert_eq!((e.code, e.message.as_str()), (None, ""));
+    }
+
+    #[test]
     fn element_scanner() {
         assert_eq!(element("<a>1</a>", "a"), Some("1"));
         assert_eq!(element("<ab>2</ab><a x='y'>1</a >", "a"), Some("1"));
-        assert_eq!(element("<Errors><Error>e</Error></Errors>", "Error"), Some("e"));
+        assert_eq!(
+            element("<Errors><Error>e</Error></Errors>", "Error"),
+            Some("e")
+        );
         assert_eq!(element("<a/>", "a"), Some(""));
         assert_eq!(element("<a />", "a"), Some(""));
         assert_eq!(element("<a>1</ab></a>", "a"), Some("1</ab>"));

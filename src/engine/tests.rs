@@ -16,12 +16,18 @@ const CONFIG: &str = r#"{
   "response_headers": {"x-resp": "{vault://aws/resp}"}
 }"#;
 
-fn creds() -> Credentials {
-    Credentials {
-        access_key_id: "AKID".into(),
-        secret_access_key: "SECRET".into(),
-        session_token: None,
+/// The filter's environment in these tests: static keys, no IMDS.
+fn env(name: &str) -> Option<String> {
+    match name {
+        "AWS_ACCESS_KEY_ID" => Some("AKID".into()),
+        "AWS_SECRET_ACCESS_KEY" => Some("SECRET".into()),
+        "AWS_EC2_METADATA_DISABLED" => Some("true".into()),
+        _ => None,
     }
+}
+
+fn no_credentials(name: &str) -> Option<String> {
+    (name == "AWS_EC2_METADATA_DISABLED").then(|| "true".into())
 }
 
 fn ok(secret_string: &str) -> CalloutResult {
@@ -54,9 +60,7 @@ impl Proxy {
         Proxy {
             store: FakeStore::new(kind),
             vms: (0..vms)
-                .map(|i| {
-                    Engine::new(&config, &|_| None, Some(creds()), 1000 + i as u64 * 7919).unwrap()
-                })
+                .map(|i| Engine::new(&config, &env, 1000 + i as u64 * 7919).unwrap())
                 .collect(),
             now: 1_700_000_000_000,
         }
@@ -439,7 +443,7 @@ fn waiters_never_wait_forever() {
 #[test]
 fn missing_credentials_fail_with_a_clear_reason() {
     let config = Config::parse(CONFIG, &|_| None).unwrap();
-    let mut e = Engine::new(&config, &|_| None, None, 1).unwrap();
+    let mut e = Engine::new(&config, &no_credentials, 1).unwrap();
     let mut store = FakeStore::new(HostKind::Envoy);
     let mut out = Vec::new();
     let d = e.on_request(1, 1_000, &[], &mut store, &mut out);
@@ -584,12 +588,10 @@ fn callout_failures_in_each_hosts_shape_fail_waiters_then_recover() {
                 let (_, out) = p.request(0, 1);
                 let mut follow = Vec::new();
                 for id in dispatches(&out) {
-                    match failed_callout(kind, failure, kong_calls_back) {
-                        Some((headers, body)) => {
-                            let r = callout_result(headers, body.len(), 1 << 20, || body.clone());
-                            follow.extend(p.answer(0, id, r));
-                        }
-                        None => {} // Kong <= 3.8: silence; the tick gives up
+                    // None: Kong <= 3.8 stays silent; the tick gives up.
+                    if let Some((headers, body)) = failed_callout(kind, failure, kong_calls_back) {
+                        let r = callout_result(headers, body.len(), 1 << 20, || body.clone());
+                        follow.extend(p.answer(0, id, r));
                     }
                 }
                 if follow.is_empty() {
@@ -627,13 +629,13 @@ fn env_vault_values_are_resolved_at_load_and_never_from_requests() {
         &|_| None,
     )
     .unwrap();
-    let env = |k: &str| match k {
+    let vars = |k: &str| match k {
         "API_KEY" => Some("env-secret".to_string()),
         "DB_PREVIOUS" => Some(r#"{"user":"old-user"}"#.to_string()),
         "AWS_SECRET_ACCESS_KEY" => Some("very-secret".to_string()),
         _ => None,
     };
-    let mut e = Engine::new(&config, &env, Some(creds()), 1).unwrap();
+    let mut e = Engine::new(&config, &vars, 1).unwrap();
     assert_eq!(e.secret_count(), 0, "no fetch for env references");
     let mut store = FakeStore::new(HostKind::Envoy);
     let mut out = Vec::new();
@@ -656,7 +658,7 @@ fn env_vault_values_are_resolved_at_load_and_never_from_requests() {
     );
     assert!(logs(&out).contains("env vault references are not allowed"));
     assert!(!logs(&out).contains("very-secret"));
-    let missing = Engine::new(&config, &|_| None, None, 1).err().unwrap();
+    let missing = Engine::new(&config, &no_credentials, 1).err().unwrap();
     assert!(
         missing.contains(
             "request_headers.x-env: {vault://env/api-key}: environment variable API_KEY is not set"
@@ -668,9 +670,177 @@ fn env_vault_values_are_resolved_at_load_and_never_from_requests() {
             .then(|| "a\nb".to_string())
             .or_else(|| env(k))
     };
-    let err = Engine::new(&config, &bad, None, 1).err().unwrap();
+    let err = Engine::new(&config, &bad, 1).err().unwrap();
     assert!(
         err.contains("control characters") && !err.contains("a\nb"),
         "{err}"
     );
+}
+
+fn sts_ok(akid: &str, token: &str, expires: &str) -> CalloutResult {
+    let body = format!(
+        "<AssumeRoleResponse><AssumeRoleResult><Credentials><AccessKeyId>{akid}</AccessKeyId>\
+         <SecretAccessKey>TEMPSECRET</SecretAccessKey><SessionToken>{token}</SessionToken>\
+         <Expiration>{expires}</Expiration></Credentials></AssumeRoleResult></AssumeRoleResponse>"
+    );
+    CalloutResult::Response(HttpResponse {
+        status: 200,
+        headers: vec![],
+        body: body.into_bytes(),
+    })
+}
+
+fn dispatch_of(actions: &[Action]) -> Vec<(u64, String, crate::aws::HttpRequest)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Dispatch {
+                fetch,
+                upstream,
+                request,
+                ..
+            } => Some((*fetch, upstream.clone(), request.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn req_header<'a>(r: &'a crate::aws::HttpRequest, name: &str) -> Option<&'a str> {
+    r.headers
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
+}
+
+#[test]
+fn assume_role_credentials_sign_the_secret_fetch() {
+    let config = r#"{"aws": {"region": "eu-west-1", "endpoint_url": "http://127.0.0.1:4566", "upstream": "moto",
+        "assume_role_arn": "arn:aws:iam::123456789012:role/reader", "sts_endpoint_url": "http://127.0.0.1:4566"},
+        "request_headers": {"x": "{vault://aws/s}"}}"#;
+    let mut p = Proxy::new(HostKind::Kong, 1, config);
+    let out = p.tick(0);
+    let d = dispatch_of(&out);
+    assert_eq!(d.len(), 1, "AssumeRole first, no GetSecretValue yet");
+    let (id, upstream, req) = &d[0];
+    assert_eq!(upstream, "127.0.0.1:4566");
+    let body = String::from_utf8(req.body.clone()).unwrap();
+    assert!(
+        body.contains("Action=AssumeRole") && body.contains("RoleSessionName=KongVault"),
+        "{body}"
+    );
+    assert!(
+        req_header(req, "authorization")
+            .unwrap()
+            .contains("Credential=AKID/"),
+        "signed with base keys"
+    );
+    let out = p.answer(0, *id, sts_ok("ASIATEMP", "tok123", "2099-01-01T00:00:00Z"));
+    assert!(logs(&out).contains("AWS credentials refreshed"));
+    assert!(!logs(&out).contains("TEMPSECRET") && !logs(&out).contains("tok123"));
+    let out = p.tick(0);
+    let d = dispatch_of(&out);
+    assert_eq!(d.len(), 1, "{}", logs(&out));
+    let req = &d[0].2;
+    assert!(req_header(req, "x-amz-target")
+        .unwrap()
+        .contains("GetSecretValue"));
+    assert!(req_header(req, "authorization")
+        .unwrap()
+        .contains("Credential=ASIATEMP/"));
+    assert_eq!(req_header(req, "x-amz-security-token"), Some("tok123"));
+}
+
+#[test]
+fn credentials_errors_renew_and_retry_once() {
+    let mut p = Proxy::new(HostKind::Envoy, 1, CONFIG);
+    let (_, out) = p.request(0, 1);
+    let first = dispatches(&out);
+    assert_eq!(first.len(), 2);
+    let expired = aws_error(400, "ExpiredTokenException");
+    let mut follow = Vec::new();
+    for id in first {
+        follow.extend(p.answer(0, id, expired.clone()));
+    }
+    assert!(rejected(&follow).is_empty(), "not failed yet: retried");
+    assert!(logs(&follow).contains("retrying once"));
+    let retries = dispatches(&follow);
+    assert_eq!(retries.len(), 2, "{}", logs(&follow));
+    let mut last = Vec::new();
+    for id in retries {
+        last.extend(p.answer(0, id, expired.clone()));
+    }
+    assert_eq!(rejected(&last), vec![1], "second refusal fails the request");
+    assert_eq!(
+        p.vms[0].stats.fetches_failed[5], 2,
+        "counted as credentials failures"
+    );
+}
+
+#[test]
+fn imds_credentials_through_the_engine() {
+    let imds_env = |_: &str| None;
+    let config = Config::parse(CONFIG, &|_| None).unwrap();
+    let mut e = Engine::new(&config, &imds_env, 3).unwrap();
+    let mut store = FakeStore::new(HostKind::Envoy);
+    let mut out = Vec::new();
+    e.on_tick(1_000, &mut store, &mut out);
+    let d = dispatch_of(&out);
+    assert_eq!(d.len(), 1);
+    assert_eq!(d[0].1, "169.254.169.254");
+    assert_eq!(d[0].2.method, "PUT", "IMDSv2 token first");
+    let answer = |body: &str| {
+        CalloutResult::Response(HttpResponse {
+            status: 200,
+            headers: vec![],
+            body: body.as_bytes().to_vec(),
+        })
+    };
+    let mut out2 = Vec::new();
+    e.on_callout(
+        d[0].0,
+        answer("TOKEN"),
+        1_010,
+        &mut store,
+        Owner::Root,
+        &mut out2,
+    );
+    let d = dispatch_of(&out2);
+    assert_eq!(d.len(), 1, "{}", logs(&out2));
+    assert_eq!(
+        req_header(&d[0].2, "x-aws-ec2-metadata-token"),
+        Some("TOKEN")
+    );
+    let mut out3 = Vec::new();
+    e.on_callout(
+        d[0].0,
+        answer("my-role"),
+        1_020,
+        &mut store,
+        Owner::Root,
+        &mut out3,
+    );
+    let d = dispatch_of(&out3);
+    assert!(d[0].2.path.ends_with("/my-role"), "{}", d[0].2.path);
+    let creds = r#"{"Code":"Success","AccessKeyId":"ASIAIMDS","SecretAccessKey":"S","Token":"T","Expiration":"2099-01-01T00:00:00Z"}"#;
+    let mut out4 = Vec::new();
+    e.on_callout(
+        d[0].0,
+        answer(creds),
+        1_030,
+        &mut store,
+        Owner::Root,
+        &mut out4,
+    );
+    let mut out5 = Vec::new();
+    e.on_tick(1_200, &mut store, &mut out5);
+    let d = dispatch_of(&out5);
+    assert_eq!(
+        d.len(),
+        2,
+        "both secrets fetched with IMDS credentials: {}",
+        logs(&out5)
+    );
+    assert!(req_header(&d[0].2, "authorization")
+        .unwrap()
+        .contains("Credential=ASIAIMDS/"));
 }

@@ -16,7 +16,6 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action as Flow, ContextType, LogLevel};
 
 use super::{SharedStore, StoreError};
-use crate::aws::sigv4::Credentials;
 use crate::config::Config;
 use crate::engine::{Action, CalloutResult, Decision, Engine, Level, Owner, Rendered};
 
@@ -183,15 +182,6 @@ fn now_ms() -> u64 {
     abi::current_time_ns() / 1_000_000
 }
 
-fn env_credentials() -> Option<Credentials> {
-    let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-    Some(Credentials {
-        access_key_id: var("AWS_ACCESS_KEY_ID")?,
-        secret_access_key: var("AWS_SECRET_ACCESS_KEY")?,
-        session_token: var("AWS_SESSION_TOKEN"),
-    })
-}
-
 fn seed() -> u64 {
     let mut bytes = [0u8; 8];
     // Without randomness, fall back to time: only lease ids and jitter need it.
@@ -263,8 +253,8 @@ impl RootContext for Root {
         let bytes = abi::buffer(abi::BUFFER_PLUGIN_CONFIGURATION, usize::MAX);
         let text = String::from_utf8_lossy(&bytes);
         let env = |k: &str| std::env::var(k).ok();
-        let engine = Config::parse(&text, &env)
-            .and_then(|config| Engine::new(&config, &env, env_credentials(), seed()));
+        let engine =
+            Config::parse(&text, &env).and_then(|config| Engine::new(&config, &env, seed()));
         match engine {
             Ok(engine) => {
                 log(

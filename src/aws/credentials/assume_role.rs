@@ -246,7 +246,10 @@ impl AssumeRole {
             })
             .collect();
         let outcome = match result {
-            Err(e) => Err(format!("AssumeRole callout failed: {}", scrub(&e, &secrets, 200))),
+            Err(e) => Err(format!(
+                "AssumeRole callout failed: {}",
+                scrub(&e, &secrets, 200)
+            )),
             Ok(resp) => sts::parse_credentials_response(&resp).map_err(|e| {
                 if e.is_credentials_problem() {
                     base.invalidate(signed_with.as_ref());
@@ -274,6 +277,15 @@ impl AssumeRole {
 pub struct Assumed<P> {
     pub base: P,
     pub role: AssumeRole,
+}
+
+impl<P: fmt::Debug> fmt::Debug for Assumed<P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Assumed")
+            .field("base", &self.base)
+            .field("role", &self.role)
+            .finish()
+    }
 }
 
 impl<P: Provider> Provider for Assumed<P> {
@@ -355,7 +367,12 @@ mod tests {
         assert_eq!(header(&req, "x-amz-security-token"), None);
         assert_eq!(p.poll(T0), Poll::Pending);
         let u = p.on_response(id, Ok(resp(200, &sts_xml("AssumeRole", T0 + HOUR))), T0 + 1);
-        assert_eq!(u, Update::Refreshed { expires_at: Some(T0 + HOUR) });
+        assert_eq!(
+            u,
+            Update::Refreshed {
+                expires_at: Some(T0 + HOUR)
+            }
+        );
         let c = ready(p.poll(T0 + 2));
         assert_eq!(c.credentials.access_key_id, AKID);
         assert_eq!(c.credentials.session_token.as_deref(), Some(TOKEN));
@@ -410,10 +427,16 @@ mod tests {
         ]);
         let mut p = Assumed {
             base: env::provider(&env),
-            role: AssumeRole::with_mode(AssumeRoleSettings::new(ROLE, "us-west-2"), EndpointMode::Regional),
+            role: AssumeRole::with_mode(
+                AssumeRoleSettings::new(ROLE, "us-west-2"),
+                EndpointMode::Regional,
+            ),
         };
         let (_, _, req, _) = dispatched(p.poll(T0));
-        assert_eq!(header(&req, "x-amz-security-token"), Some("BaseSessionTokenValue"));
+        assert_eq!(
+            header(&req, "x-amz-security-token"),
+            Some("BaseSessionTokenValue")
+        );
         assert!(auth(&req).contains("x-amz-security-token"));
     }
 
@@ -422,20 +445,32 @@ mod tests {
         let env = env_of(&[]);
         let mut p = Assumed {
             base: imds::provider(&CredentialsConfig::default(), &env),
-            role: AssumeRole::with_mode(AssumeRoleSettings::new(ROLE, "us-east-1"), EndpointMode::Regional),
+            role: AssumeRole::with_mode(
+                AssumeRoleSettings::new(ROLE, "us-east-1"),
+                EndpointMode::Regional,
+            ),
         };
         let (id, upstream, req, _) = dispatched(p.poll(T0));
         assert_eq!(id % 2, 0);
-        assert_eq!((upstream.as_str(), req.method.as_str()), ("169.254.169.254", "PUT"));
+        assert_eq!(
+            (upstream.as_str(), req.method.as_str()),
+            ("169.254.169.254", "PUT")
+        );
         assert_eq!(p.poll(T0), Poll::Pending);
         let mut tok = resp(200, "imds-token");
-        tok.headers.push(("x-aws-ec2-metadata-token-ttl-seconds".into(), "21600".into()));
+        tok.headers.push((
+            "x-aws-ec2-metadata-token-ttl-seconds".into(),
+            "21600".into(),
+        ));
         assert_eq!(p.on_response(id, Ok(tok), T0), Update::Progress);
         let (id, ..) = dispatched(p.poll(T0));
         p.on_response(id, Ok(resp(200, "node-role")), T0);
         let (id, ..) = dispatched(p.poll(T0));
         let base_creds = imds_json(T0 + 6 * HOUR).replace(AKID, "ASIABASEFROMIMDS");
-        assert!(matches!(p.on_response(id, Ok(resp(200, &base_creds)), T0), Update::Refreshed { .. }));
+        assert!(matches!(
+            p.on_response(id, Ok(resp(200, &base_creds)), T0),
+            Update::Refreshed { .. }
+        ));
         // Now the role's own STS call, signed with the IMDS credentials.
         let (id, upstream, req, _) = dispatched(p.poll(T0));
         assert_eq!(id % 2, 1);
@@ -448,14 +483,19 @@ mod tests {
 
     #[test]
     fn sts_errors_back_off_and_expired_base_is_invalidated() {
-        let mut p = assumed(AssumeRoleSettings::new(ROLE, "us-east-1"), EndpointMode::Regional);
+        let mut p = assumed(
+            AssumeRoleSettings::new(ROLE, "us-east-1"),
+            EndpointMode::Regional,
+        );
         let (id, ..) = dispatched(p.poll(T0));
         let denied = "<ErrorResponse><Error><Type>Sender</Type><Code>AccessDenied</Code><Message>not authorized</Message></Error></ErrorResponse>";
         match p.on_response(id, Ok(resp(403, denied)), T0) {
             Update::Failed { reason, retry_at } => {
                 assert_eq!(
                     reason,
-                    format!("assume_role {ROLE}: STS error AccessDenied (HTTP 403): not authorized")
+                    format!(
+                        "assume_role {ROLE}: STS error AccessDenied (HTTP 403): not authorized"
+                    )
                 );
                 assert_eq!(retry_at, T0 + 1000);
             }
@@ -477,7 +517,10 @@ mod tests {
         let (id, ..) = dispatched(p.poll(T0 + 3000));
         match p.on_response(id, Err("timeout".into()), T0 + 3000) {
             Update::Failed { reason, .. } => {
-                assert_eq!(reason, format!("assume_role {ROLE}: AssumeRole callout failed: timeout"))
+                assert_eq!(
+                    reason,
+                    format!("assume_role {ROLE}: AssumeRole callout failed: timeout")
+                )
             }
             other => panic!("{other:?}"),
         }
@@ -489,7 +532,10 @@ mod tests {
         let env = env_of(&[]);
         let mut p = Assumed {
             base: env::provider(&env),
-            role: AssumeRole::with_mode(AssumeRoleSettings::new(ROLE, "us-east-1"), EndpointMode::Regional),
+            role: AssumeRole::with_mode(
+                AssumeRoleSettings::new(ROLE, "us-east-1"),
+                EndpointMode::Regional,
+            ),
         };
         match p.poll(T0) {
             Poll::NotConfigured(r) => assert_eq!(
@@ -505,9 +551,14 @@ mod tests {
         ]);
         let mut p = Assumed {
             base: env::provider(&bad),
-            role: AssumeRole::with_mode(AssumeRoleSettings::new(ROLE, "us-east-1"), EndpointMode::Regional),
+            role: AssumeRole::with_mode(
+                AssumeRoleSettings::new(ROLE, "us-east-1"),
+                EndpointMode::Regional,
+            ),
         };
-        p.role.state.succeed(TimedCredentialsExt::sample(T0 + HOUR), T0);
+        p.role
+            .state
+            .succeed(TimedCredentialsExt::sample(T0 + HOUR), T0);
         let t = T0 + HOUR - 5 * 60_000;
         assert!(matches!(p.poll(t), Poll::Ready(_)));
         assert!(matches!(p.poll(t + 5000), Poll::Ready(_)));
@@ -539,11 +590,18 @@ mod tests {
     fn invalid_settings() {
         for (f, want) in [
             (
-                Box::new(|s: &mut AssumeRoleSettings| s.session_name = "x".into()) as Box<dyn Fn(&mut AssumeRoleSettings)>,
+                Box::new(|s: &mut AssumeRoleSettings| s.session_name = "x".into())
+                    as Box<dyn Fn(&mut AssumeRoleSettings)>,
                 "role session name",
             ),
-            (Box::new(|s: &mut AssumeRoleSettings| s.duration_seconds = Some(60)), "duration"),
-            (Box::new(|s: &mut AssumeRoleSettings| s.role_arn = String::new()), "role ARN"),
+            (
+                Box::new(|s: &mut AssumeRoleSettings| s.duration_seconds = Some(60)),
+                "duration",
+            ),
+            (
+                Box::new(|s: &mut AssumeRoleSettings| s.role_arn = String::new()),
+                "role ARN",
+            ),
         ] {
             let mut settings = AssumeRoleSettings::new(ROLE, "us-east-1");
             f(&mut settings);
@@ -551,13 +609,19 @@ mod tests {
             assert!(matches!(p.poll(T0), Poll::Failed(e) if e.contains(want)));
         }
         // An unusable region is a signing failure, reported.
-        let mut p = assumed(AssumeRoleSettings::new(ROLE, "bad region"), EndpointMode::Regional);
+        let mut p = assumed(
+            AssumeRoleSettings::new(ROLE, "bad region"),
+            EndpointMode::Regional,
+        );
         assert!(matches!(p.poll(T0), Poll::Failed(e) if e.contains("region")));
     }
 
     #[test]
     fn invalidate_refetches() {
-        let mut p = assumed(AssumeRoleSettings::new(ROLE, "us-east-1"), EndpointMode::Regional);
+        let mut p = assumed(
+            AssumeRoleSettings::new(ROLE, "us-east-1"),
+            EndpointMode::Regional,
+        );
         let (id, ..) = dispatched(p.poll(T0));
         p.on_response(id, Ok(resp(200, &sts_xml("AssumeRole", T0 + HOUR))), T0);
         let c = ready(p.poll(T0));

@@ -124,12 +124,14 @@ impl CredentialsConfig {
     /// `path.field: `.
     pub fn from_json(value: &Value, path: &str) -> Result<CredentialsConfig, String> {
         let Value::Object(map) = value else {
-            return Err(format!("{path}: expected an object, got {}", json_type(value)));
+            return Err(format!(
+                "{path}: expected an object, got {}",
+                json_type(value)
+            ));
         };
         let mut c = CredentialsConfig::default();
         for (name, v) in map {
-            c.set(name, v)
-                .map_err(|e| format!("{path}.{name}: {e}"))?;
+            c.set(name, v).map_err(|e| format!("{path}.{name}: {e}"))?;
         }
         Ok(c)
     }
@@ -291,10 +293,7 @@ mod tests {
         assert_eq!(c.timeout_ms, 2500);
         assert_eq!(c.imds_timeout_ms, 300);
         assert_eq!(c.container_upstream.as_deref(), Some("ecs"));
-        assert_eq!(
-            c.container_authorization_token_url.unwrap().path,
-            "/pod"
-        );
+        assert_eq!(c.container_authorization_token_url.unwrap().path, "/pod");
         assert_eq!(c.imds_endpoint_url.unwrap().authority, "[fd00:ec2::254]");
         let u = c.web_identity_token_url.unwrap();
         assert_eq!(u.endpoint.authority, "127.0.0.1:8099");

@@ -56,7 +56,7 @@ struct Target {
 enum Setup {
     NotConfigured(String),
     Invalid(String),
-    Ready(Target),
+    Ready(Box<Target>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -195,7 +195,7 @@ fn setup(config: &CredentialsConfig, env: Env) -> Setup {
         Auth::None
     };
 
-    Setup::Ready(Target {
+    Setup::Ready(Box::new(Target {
         upstream: config
             .container_upstream
             .clone()
@@ -203,7 +203,7 @@ fn setup(config: &CredentialsConfig, env: Env) -> Setup {
         url,
         timeout_ms: config.timeout_ms,
         auth,
-    })
+    }))
 }
 
 /// aws-config's rule for `AWS_CONTAINER_CREDENTIALS_FULL_URI`.
@@ -325,7 +325,10 @@ mod tests {
     #[test]
     fn relative_uri() {
         let mut p = make(
-            &[("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "/v2/credentials/abc")],
+            &[(
+                "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+                "/v2/credentials/abc",
+            )],
             &CredentialsConfig::default(),
         );
         assert_eq!(p.name(), "container");
@@ -359,7 +362,10 @@ mod tests {
         };
         let mut p = make(
             &[
-                ("AWS_CONTAINER_CREDENTIALS_FULL_URI", "http://169.254.170.23/v1/credentials"),
+                (
+                    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+                    "http://169.254.170.23/v1/credentials",
+                ),
                 ("AWS_CONTAINER_AUTHORIZATION_TOKEN", "Bearer abc.def"),
                 ("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE", "/var/run/x"),
             ],
@@ -379,7 +385,10 @@ mod tests {
     #[test]
     fn full_uri_default_upstream_is_its_authority() {
         let mut p = make(
-            &[("AWS_CONTAINER_CREDENTIALS_FULL_URI", "http://127.0.0.1:8080/creds?x=1")],
+            &[(
+                "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+                "http://127.0.0.1:8080/creds?x=1",
+            )],
             &CredentialsConfig::default(),
         );
         let (_, upstream, req, _) = dispatched(p.poll(T0));
@@ -392,7 +401,10 @@ mod tests {
         let mut p = make(
             &[
                 ("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "/rel"),
-                ("AWS_CONTAINER_CREDENTIALS_FULL_URI", "http://127.0.0.1/full"),
+                (
+                    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+                    "http://127.0.0.1/full",
+                ),
             ],
             &CredentialsConfig::default(),
         );
@@ -422,19 +434,28 @@ mod tests {
             "http://[fd00:ec2::254]",
             "http://localhost.example.com",
         ] {
-            assert!(!full_uri_allowed(&parse_endpoint_url(bad).unwrap()), "{bad}");
+            assert!(
+                !full_uri_allowed(&parse_endpoint_url(bad).unwrap()),
+                "{bad}"
+            );
         }
     }
 
     #[test]
     fn disallowed_full_uri_is_configured_and_fails() {
         let mut p = make(
-            &[("AWS_CONTAINER_CREDENTIALS_FULL_URI", "http://evil.example.com/creds")],
+            &[(
+                "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+                "http://evil.example.com/creds",
+            )],
             &CredentialsConfig::default(),
         );
         match p.poll(T0) {
             Poll::Failed(e) => {
-                assert!(e.starts_with("container: AWS_CONTAINER_CREDENTIALS_FULL_URI: plain http"), "{e}");
+                assert!(
+                    e.starts_with("container: AWS_CONTAINER_CREDENTIALS_FULL_URI: plain http"),
+                    "{e}"
+                );
                 assert!(e.contains("'evil.example.com'"), "{e}");
             }
             other => panic!("{other:?}"),
@@ -468,8 +489,14 @@ mod tests {
     fn token_file_alone_cannot_be_read() {
         let mut p = make(
             &[
-                ("AWS_CONTAINER_CREDENTIALS_FULL_URI", "http://169.254.170.23/v1/credentials"),
-                ("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE", "/var/run/secrets/pods.eks.amazonaws.com/serviceaccount/eks-pod-identity-token"),
+                (
+                    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+                    "http://169.254.170.23/v1/credentials",
+                ),
+                (
+                    "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+                    "/var/run/secrets/pods.eks.amazonaws.com/serviceaccount/eks-pod-identity-token",
+                ),
             ],
             &CredentialsConfig::default(),
         );
@@ -492,7 +519,10 @@ mod tests {
         };
         let mut p = make(
             &[
-                ("AWS_CONTAINER_CREDENTIALS_FULL_URI", "http://169.254.170.23/v1/credentials"),
+                (
+                    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+                    "http://169.254.170.23/v1/credentials",
+                ),
                 ("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE", "/ignored"),
             ],
             &config,
@@ -530,7 +560,10 @@ mod tests {
     #[test]
     fn error_answers() {
         let vars = [
-            ("AWS_CONTAINER_CREDENTIALS_FULL_URI", "http://127.0.0.1/creds"),
+            (
+                "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+                "http://127.0.0.1/creds",
+            ),
             ("AWS_CONTAINER_AUTHORIZATION_TOKEN", "SeCrEtToKeN"),
         ];
         let mut p = make(&vars, &CredentialsConfig::default());
@@ -544,14 +577,20 @@ mod tests {
         let e = fail(
             &mut p,
             T0,
-            Ok(resp(400, r#"{"code":"InvalidToken","message":"bad token SeCrEtToKeN"}"#)),
+            Ok(resp(
+                400,
+                r#"{"code":"InvalidToken","message":"bad token SeCrEtToKeN"}"#,
+            )),
         );
         assert_eq!(
             e,
             "container: the container credentials endpoint answered HTTP 400: InvalidToken: bad token ** redacted **"
         );
         let e = fail(&mut p, T0 + 1000, Ok(resp(500, "plain SeCrEtToKeN text")));
-        assert_eq!(e, "container: the container credentials endpoint answered HTTP 500");
+        assert_eq!(
+            e,
+            "container: the container credentials endpoint answered HTTP 500"
+        );
         let e = fail(&mut p, T0 + 3000, Err("timeout".into()));
         assert_eq!(
             e,
@@ -562,7 +601,10 @@ mod tests {
         let e = fail(
             &mut p,
             T0 + 15000,
-            Ok(resp(200, &creds_json(T0).replace("\"Expiration\"", "\"E\""))),
+            Ok(resp(
+                200,
+                &creds_json(T0).replace("\"Expiration\"", "\"E\""),
+            )),
         );
         assert!(e.contains("no Expiration"));
         assert_clean(&e);

@@ -17,7 +17,9 @@ pub struct EnvFetch {
 impl fmt::Debug for EnvFetch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Credentials' Debug redacts the secret and the token.
-        f.debug_struct("EnvFetch").field("creds", &self.creds).finish()
+        f.debug_struct("EnvFetch")
+            .field("creds", &self.creds)
+            .finish()
     }
 }
 
@@ -38,8 +40,12 @@ impl EnvFetch {
                 session_token: var(env, "AWS_SESSION_TOKEN").map(|t| t.trim().to_string()),
             }),
             (None, None) => Err("AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY are not set".into()),
-            (Some(_), None) => Err("AWS_ACCESS_KEY_ID is set but AWS_SECRET_ACCESS_KEY is not".into()),
-            (None, Some(_)) => Err("AWS_SECRET_ACCESS_KEY is set but AWS_ACCESS_KEY_ID is not".into()),
+            (Some(_), None) => {
+                Err("AWS_ACCESS_KEY_ID is set but AWS_SECRET_ACCESS_KEY is not".into())
+            }
+            (None, Some(_)) => {
+                Err("AWS_SECRET_ACCESS_KEY is set but AWS_ACCESS_KEY_ID is not".into())
+            }
         };
         EnvFetch { creds }
     }
@@ -115,13 +121,19 @@ mod tests {
     #[test]
     fn absent_and_partial_are_not_configured() {
         let cases: [(&[(&str, &str)], &str); 4] = [
-            (&[], "env: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY are not set"),
+            (
+                &[],
+                "env: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY are not set",
+            ),
             (
                 &[("AWS_ACCESS_KEY_ID", AKID)],
                 "env: AWS_ACCESS_KEY_ID is set but AWS_SECRET_ACCESS_KEY is not",
             ),
             (
-                &[("AWS_SECRET_ACCESS_KEY", SECRET), ("AWS_ACCESS_KEY_ID", " ")],
+                &[
+                    ("AWS_SECRET_ACCESS_KEY", SECRET),
+                    ("AWS_ACCESS_KEY_ID", " "),
+                ],
                 "env: AWS_SECRET_ACCESS_KEY is set but AWS_ACCESS_KEY_ID is not",
             ),
             (
@@ -145,7 +157,10 @@ mod tests {
         ]);
         match provider(&env).poll(T0) {
             Poll::Failed(e) => {
-                assert_eq!(e, "env: the AWS_* variables hold an invalid secret access key");
+                assert_eq!(
+                    e,
+                    "env: the AWS_* variables hold an invalid secret access key"
+                );
                 assert_clean(&e);
             }
             other => panic!("{other:?}"),

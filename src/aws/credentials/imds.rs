@@ -226,7 +226,10 @@ impl ImdsFetch {
         }
         self.token = None;
         if self.v1 {
-            Step::Fail("IMDS answered 401: it requires IMDSv2, but the session token request failed".into())
+            Step::Fail(
+                "IMDS answered 401: it requires IMDSv2, but the session token request failed"
+                    .into(),
+            )
         } else {
             Step::Fail("IMDS answered 401 even with a new session token".into())
         }
@@ -348,10 +351,16 @@ mod tests {
         let (id, upstream, req, timeout) = dispatched(p.poll(t));
         assert_eq!(upstream, "169.254.169.254");
         assert_eq!(timeout, 1000);
-        assert_eq!((req.method.as_str(), req.path.as_str()), ("PUT", TOKEN_PATH));
+        assert_eq!(
+            (req.method.as_str(), req.path.as_str()),
+            ("PUT", TOKEN_PATH)
+        );
         assert_eq!(req.authority, "169.254.169.254");
         assert_eq!(header(&req, TOKEN_TTL_HEADER), Some("21600"));
-        assert_eq!(p.on_response(id, Ok(token_resp(Some("21600"))), t), Update::Progress);
+        assert_eq!(
+            p.on_response(id, Ok(token_resp(Some("21600"))), t),
+            Update::Progress
+        );
         role_and_creds(p, t, Some(IMDS_TOKEN), expires);
     }
 
@@ -359,13 +368,18 @@ mod tests {
         let (id, _, req, _) = dispatched(p.poll(t));
         assert_eq!((req.method.as_str(), req.path.as_str()), ("GET", ROLE_PATH));
         assert_eq!(header(&req, TOKEN_HEADER), token);
-        assert_eq!(p.on_response(id, Ok(resp(200, "vault-role\n")), t), Update::Progress);
+        assert_eq!(
+            p.on_response(id, Ok(resp(200, "vault-role\n")), t),
+            Update::Progress
+        );
         let (id, _, req, _) = dispatched(p.poll(t));
         assert_eq!(req.path, format!("{ROLE_PATH}vault-role"));
         assert_eq!(header(&req, TOKEN_HEADER), token);
         assert_eq!(
             p.on_response(id, Ok(resp(200, &imds_json(expires))), t),
-            Update::Refreshed { expires_at: Some(expires) }
+            Update::Refreshed {
+                expires_at: Some(expires)
+            }
         );
     }
 
@@ -392,7 +406,10 @@ mod tests {
         for status in [403, 404, 405, 500] {
             let mut p = make(&[]);
             let (id, ..) = dispatched(p.poll(T0));
-            assert_eq!(p.on_response(id, Ok(resp(status, "")), T0), Update::Progress);
+            assert_eq!(
+                p.on_response(id, Ok(resp(status, "")), T0),
+                Update::Progress
+            );
             role_and_creds(&mut p, T0, None, T0 + HOUR);
             assert!(matches!(p.poll(T0), Poll::Ready(_)));
             // The next fetch tries v2 again.
@@ -422,7 +439,10 @@ mod tests {
         let (id, ..) = dispatched(p.poll(T0));
         match p.on_response(id, Ok(resp(400, "")), T0) {
             Update::Failed { reason, .. } => {
-                assert_eq!(reason, "imds: IMDS refused the session token request (HTTP 400)")
+                assert_eq!(
+                    reason,
+                    "imds: IMDS refused the session token request (HTTP 400)"
+                )
             }
             other => panic!("{other:?}"),
         }
@@ -434,7 +454,10 @@ mod tests {
         let (id, ..) = dispatched(p.poll(T0));
         match p.on_response(id, Ok(resp(403, "")), T0) {
             Update::Failed { reason, .. } => {
-                assert!(reason.contains("(HTTP 403) and AWS_EC2_METADATA_V1_DISABLED"), "{reason}")
+                assert!(
+                    reason.contains("(HTTP 403) and AWS_EC2_METADATA_V1_DISABLED"),
+                    "{reason}"
+                )
             }
             other => panic!("{other:?}"),
         }
@@ -461,7 +484,10 @@ mod tests {
         // A second 401 in the same fetch fails.
         match p.on_response(id, Ok(resp(401, "")), T0) {
             Update::Failed { reason, .. } => {
-                assert_eq!(reason, "imds: IMDS answered 401 even with a new session token")
+                assert_eq!(
+                    reason,
+                    "imds: IMDS answered 401 even with a new session token"
+                )
             }
             other => panic!("{other:?}"),
         }
@@ -483,7 +509,9 @@ mod tests {
         p.on_response(id, Ok(resp(403, "")), T0);
         let (id, ..) = dispatched(p.poll(T0));
         match p.on_response(id, Ok(resp(401, "")), T0) {
-            Update::Failed { reason, .. } => assert!(reason.contains("requires IMDSv2"), "{reason}"),
+            Update::Failed { reason, .. } => {
+                assert!(reason.contains("requires IMDSv2"), "{reason}")
+            }
             other => panic!("{other:?}"),
         }
     }
@@ -509,12 +537,18 @@ mod tests {
         let tok = token_resp(None);
         let role = resp(200, "vault-role");
         let e = failed(&mut p, &[tok.clone(), resp(404, "")]);
-        assert_eq!(e, "imds: no IAM role is attached to this instance (IMDS answered 404 for the role name)");
+        assert_eq!(
+            e,
+            "imds: no IAM role is attached to this instance (IMDS answered 404 for the role name)"
+        );
         // The token is cached from here on.
         let e = failed(&mut p, &[resp(200, "../../etc")]);
         assert_eq!(e, "imds: IMDS answered an invalid IAM role name");
         let e = failed(&mut p, &[role.clone(), resp(404, "")]);
-        assert_eq!(e, "imds: IMDS has no credentials for role 'vault-role' (HTTP 404)");
+        assert_eq!(
+            e,
+            "imds: IMDS has no credentials for role 'vault-role' (HTTP 404)"
+        );
         let bad_code = imds_json(T0 + HOUR).replace("Success", "AssumeRoleUnauthorizedAccess");
         let e = failed(&mut p, &[role.clone(), resp(200, &bad_code)]);
         assert_eq!(
@@ -523,9 +557,15 @@ mod tests {
         );
         assert_clean(&e);
         let e = failed(&mut p, &[role.clone(), resp(200, "{not json")]);
-        assert_eq!(e, "imds: role 'vault-role': credentials response is not a JSON object");
+        assert_eq!(
+            e,
+            "imds: role 'vault-role': credentials response is not a JSON object"
+        );
         let e = failed(&mut p, &[role.clone(), resp(500, "")]);
-        assert_eq!(e, "imds: IMDS answered HTTP 500 for the credentials of role 'vault-role'");
+        assert_eq!(
+            e,
+            "imds: IMDS answered HTTP 500 for the credentials of role 'vault-role'"
+        );
         let e = failed(&mut p, &[resp(503, "")]);
         assert_eq!(e, "imds: IMDS answered HTTP 503 for the role name");
     }
@@ -552,14 +592,19 @@ mod tests {
         let mut p = make(&[("AWS_EC2_METADATA_DISABLED", "false")]);
         assert!(matches!(p.poll(T0), Poll::Dispatch { .. }));
 
-        let mut p = make(&[("AWS_EC2_METADATA_SERVICE_ENDPOINT", "http://127.0.0.1:1338/")]);
+        let mut p = make(&[(
+            "AWS_EC2_METADATA_SERVICE_ENDPOINT",
+            "http://127.0.0.1:1338/",
+        )]);
         let (_, upstream, req, _) = dispatched(p.poll(T0));
         assert_eq!(upstream, "127.0.0.1:1338");
         assert_eq!(req.authority, "127.0.0.1:1338");
         let mut p = make(&[("AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE", "IPv6")]);
         assert_eq!(dispatched(p.poll(T0)).2.authority, "[fd00:ec2::254]");
         let mut p = make(&[("AWS_EC2_METADATA_SERVICE_ENDPOINT", "nope")]);
-        assert!(matches!(p.poll(T0), Poll::Failed(e) if e.starts_with("imds: AWS_EC2_METADATA_SERVICE_ENDPOINT: ")));
+        assert!(
+            matches!(p.poll(T0), Poll::Failed(e) if e.starts_with("imds: AWS_EC2_METADATA_SERVICE_ENDPOINT: "))
+        );
 
         let config = CredentialsConfig {
             imds_endpoint_url: Some(parse_endpoint_url("http://169.254.169.254:80").unwrap()),
@@ -570,6 +615,9 @@ mod tests {
         let env = env_of(&[("AWS_EC2_METADATA_SERVICE_ENDPOINT", "http://ignored")]);
         let mut p = provider(&config, &env);
         let (_, upstream, req, timeout) = dispatched(p.poll(T0));
-        assert_eq!((upstream.as_str(), req.authority.as_str(), timeout), ("imds_cluster", "169.254.169.254:80", 250));
+        assert_eq!(
+            (upstream.as_str(), req.authority.as_str(), timeout),
+            ("imds_cluster", "169.254.169.254:80", 250)
+        );
     }
 }

@@ -11,7 +11,7 @@
 //! # Sources
 //! | source (`credentials.source`) | reads | callouts |
 //! |---|---|---|
-//! | `env` ([`env`]) | `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN` | none |
+//! | `env` ([`env`](mod@env)) | `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN` | none |
 //! | `container` ([`container`]) | `AWS_CONTAINER_CREDENTIALS_RELATIVE_URI` / `_FULL_URI`, `AWS_CONTAINER_AUTHORIZATION_TOKEN` | `GET` the URI (ECS, EKS Pod Identity) |
 //! | `web_identity` ([`web_identity`]) | `AWS_ROLE_ARN`, `AWS_ROLE_SESSION_NAME`, `AWS_WEB_IDENTITY_TOKEN` | STS `AssumeRoleWithWebIdentity` (EKS IRSA) |
 //! | `imds` ([`imds`]) | `AWS_EC2_METADATA_DISABLED`, `AWS_EC2_METADATA_V1_DISABLED`, `AWS_EC2_METADATA_SERVICE_ENDPOINT` | IMDSv2 token, role, credentials (v1 fallback) |
@@ -618,8 +618,12 @@ pub(crate) fn token_request(url: &Url, upstream: &str, timeout_ms: u32) -> Outgo
 
 /// The token in a token URL's answer: a 200 whose body, trimmed, is
 /// printable ASCII without spaces. The body is the token: never excerpted.
-pub(crate) fn token_from(result: Result<HttpResponse, String>, what: &str) -> Result<String, String> {
-    let resp = result.map_err(|e| format!("callout to the {what} URL failed: {}", scrub(&e, &[], 200)))?;
+pub(crate) fn token_from(
+    result: Result<HttpResponse, String>,
+    what: &str,
+) -> Result<String, String> {
+    let resp =
+        result.map_err(|e| format!("callout to the {what} URL failed: {}", scrub(&e, &[], 200)))?;
     if resp.status != 200 {
         return Err(format!("the {what} URL answered HTTP {}", resp.status));
     }
@@ -674,10 +678,7 @@ pub(crate) fn scrub(text: &str, secrets: &[&str], max: usize) -> String {
 /// `AccessKeyId`, `SecretAccessKey`, `Token`, `Expiration` (required), and,
 /// with `require_code` (IMDS), `Code` = `Success`. The body holds
 /// credentials: errors are fixed texts.
-pub fn parse_json_credentials(
-    body: &[u8],
-    require_code: bool,
-) -> Result<TimedCredentials, String> {
+pub fn parse_json_credentials(body: &[u8], require_code: bool) -> Result<TimedCredentials, String> {
     if body.len() > MAX_BODY_LEN {
         return Err("credentials response is larger than 64 KiB".into());
     }
@@ -693,12 +694,12 @@ pub fn parse_json_credentials(
     if require_code {
         match text("Code")? {
             Some(code) if code == "Success" => {}
-            Some(code) => {
+            Some(code) if looks_like_code(&code) => {
                 return Err(format!(
-                    "credentials response has Code '{}' (expected Success)",
-                    scrub(&code, &[], 64)
+                    "credentials response has Code '{code}' (expected Success)"
                 ))
             }
+            Some(_) => return Err("credentials response has an unexpected Code".into()),
             None => return Err("credentials response has no Code".into()),
         }
     }
@@ -718,6 +719,13 @@ pub fn parse_json_credentials(
         },
         expires_at: Some(expires_at),
     })
+}
+
+/// IMDS codes (`Success`, `AssumeRoleUnauthorizedAccess`): letters, digits, `.`, `_`, `-`.
+fn looks_like_code(c: &str) -> bool {
+    c.len() <= 64
+        && c.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
 }
 
 /// Printable ASCII key id, secret and token (what SigV4 can use). Fixed texts.
@@ -986,10 +994,7 @@ mod tests {
             Some(T0 + 123)
         );
         assert_eq!(parse_timestamp(" 2024-01-01t00:00:00z "), Some(T0));
-        assert_eq!(
-            parse_timestamp("2024-01-01T02:00:00+02:00"),
-            Some(T0)
-        );
+        assert_eq!(parse_timestamp("2024-01-01T02:00:00+02:00"), Some(T0));
         assert_eq!(parse_timestamp("2023-12-31T22:30:00-0130"), Some(T0));
         assert_eq!(
             parse_timestamp("2024-02-29T12:34:56Z"),
@@ -1070,6 +1075,9 @@ mod tests {
         let e = parse_json_credentials(failed.as_bytes(), true).unwrap_err();
         assert!(e.contains("Code 'Failed'"), "{e}");
         assert_clean(&e);
+        let weird = imds_json(T0).replace("\"Success\"", &format!("\"{SECRET} x\""));
+        let e = parse_json_credentials(weird.as_bytes(), true).unwrap_err();
+        assert_eq!(e, "credentials response has an unexpected Code");
 
         let cases = [
             ("not json".to_string(), "not a JSON object"),
@@ -1095,7 +1103,7 @@ mod tests {
                 "AccessKeyId is not a string",
             ),
             (
-                creds_json(T0).replace(SECRET, "bad secret\n"),
+                creds_json(T0).replace(SECRET, "bad secret"),
                 "invalid secret access key",
             ),
         ];
@@ -1127,6 +1135,77 @@ mod tests {
         let d = format!("{:?} {:?}", c, Poll::Ready(c.clone()));
         assert!(d.contains(AKID));
         assert_clean(&d);
+    }
+
+    #[test]
+    fn nothing_secret_in_debug_of_loaded_providers() {
+        let env = env_of(&[
+            ("AWS_ACCESS_KEY_ID", AKID),
+            ("AWS_SECRET_ACCESS_KEY", SECRET),
+            ("AWS_SESSION_TOKEN", TOKEN),
+            ("AWS_CONTAINER_CREDENTIALS_FULL_URI", "http://127.0.0.1/c"),
+            (
+                "AWS_CONTAINER_AUTHORIZATION_TOKEN",
+                "ContainerAuthTokenValue",
+            ),
+            ("AWS_ROLE_ARN", "arn:aws:iam::1:role/r"),
+            ("AWS_WEB_IDENTITY_TOKEN", "WebIdentityTokenValue"),
+        ]);
+        let config = CredentialsConfig::default();
+        let mut shown = Vec::new();
+
+        let mut e = env::provider(&env);
+        let c = ready(e.poll(T0));
+        shown.push(format!("{e:?} {c:?} {:?}", Poll::Ready(c.clone())));
+
+        let mut co = container::provider(&config, &env);
+        let (id, _, req, _) = dispatched(co.poll(T0));
+        shown.push(format!("{req:?}"));
+        co.on_response(id, Ok(resp(200, &creds_json(T0 + HOUR))), T0);
+        shown.push(format!("{co:?} {:?}", co.poll(T0)));
+
+        let mut w = web_identity::provider(&config, &env);
+        let (id, _, req, _) = dispatched(w.poll(T0));
+        shown.push(format!("{req:?}"));
+        let u = w.on_response(
+            id,
+            Ok(resp(200, &sts_xml("AssumeRoleWithWebIdentity", T0 + HOUR))),
+            T0,
+        );
+        shown.push(format!("{w:?} {u:?} {:?}", w.poll(T0)));
+
+        let mut a = assume_role::Assumed {
+            base: env::provider(&env),
+            role: assume_role::AssumeRole::with_mode(
+                assume_role::AssumeRoleSettings::new("arn:aws:iam::1:role/r", "us-east-1"),
+                crate::aws::sts::EndpointMode::Regional,
+            ),
+        };
+        let (id, _, req, _) = dispatched(a.poll(T0));
+        shown.push(format!("{req:?}"));
+        a.on_response(id, Ok(resp(200, &sts_xml("AssumeRole", T0 + HOUR))), T0);
+        shown.push(format!("{a:?} {:?}", a.poll(T0)));
+
+        let mut set = CredentialSet::new(&config, &env);
+        let slot = set
+            .role(assume_role::AssumeRoleSettings::new(
+                "arn:aws:iam::1:role/r",
+                "us-east-1",
+            ))
+            .unwrap();
+        let _ = set.poll(slot, T0);
+        shown.push(format!("{set:?}"));
+
+        for text in shown {
+            assert_clean(&text);
+            for s in [
+                "ContainerAuthTokenValue",
+                "WebIdentityTokenValue",
+                "Signature=",
+            ] {
+                assert!(!text.contains(s), "{s} in {text}");
+            }
+        }
     }
 
     #[derive(Debug)]

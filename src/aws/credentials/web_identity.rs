@@ -67,7 +67,7 @@ struct Target {
 enum Setup {
     NotConfigured(String),
     Invalid(String),
-    Ready(Target),
+    Ready(Box<Target>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -173,7 +173,9 @@ fn setup(config: &CredentialsConfig, env: Env) -> Setup {
         );
     };
     let Some(role_arn) = var(env, "AWS_ROLE_ARN").map(|r| r.trim().to_string()) else {
-        return Setup::Invalid("a web identity token is configured but AWS_ROLE_ARN is not set".into());
+        return Setup::Invalid(
+            "a web identity token is configured but AWS_ROLE_ARN is not set".into(),
+        );
     };
     if !valid_token(&role_arn) || role_arn.len() > 2048 {
         return Setup::Invalid("AWS_ROLE_ARN is not a valid role ARN".into());
@@ -197,7 +199,7 @@ fn setup(config: &CredentialsConfig, env: Env) -> Setup {
         EndpointMode::from_env(env),
         config.sts_endpoint_url.as_ref(),
     );
-    Setup::Ready(Target {
+    Setup::Ready(Box::new(Target {
         sts_upstream: config
             .sts_upstream
             .clone()
@@ -207,7 +209,7 @@ fn setup(config: &CredentialsConfig, env: Env) -> Setup {
         token,
         sts,
         timeout_ms: config.timeout_ms,
-    })
+    }))
 }
 
 /// STS RoleSessionName: 2-64 characters of `[\w+=,.@-]`.
@@ -307,7 +309,11 @@ mod tests {
         let b = body(&req);
         assert!(b.starts_with("Action=AssumeRoleWithWebIdentity&Version=2011-06-15&RoleArn=arn%3Aaws%3Aiam%3A%3A123456789012%3Arole%2Fvault&RoleSessionName=my-session&WebIdentityToken=eyJ"), "{b}");
         assert!(!format!("{p:?}").contains(JWT));
-        p.on_response(id, Ok(resp(200, &sts_xml("AssumeRoleWithWebIdentity", T0 + HOUR))), T0);
+        p.on_response(
+            id,
+            Ok(resp(200, &sts_xml("AssumeRoleWithWebIdentity", T0 + HOUR))),
+            T0,
+        );
         let c = ready(p.poll(T0));
         assert_eq!(c.expires_at, Some(T0 + HOUR));
         assert_eq!(c.credentials.session_token.as_deref(), Some(TOKEN));
@@ -329,7 +335,10 @@ mod tests {
         };
         let env = env_of(&[
             ("AWS_ROLE_ARN", ROLE),
-            ("AWS_WEB_IDENTITY_TOKEN_FILE", "/var/run/secrets/eks.amazonaws.com/serviceaccount/token"),
+            (
+                "AWS_WEB_IDENTITY_TOKEN_FILE",
+                "/var/run/secrets/eks.amazonaws.com/serviceaccount/token",
+            ),
             ("AWS_WEB_IDENTITY_TOKEN", "ignored-static-token"),
         ]);
         let mut p = provider(&config, &env);
@@ -337,14 +346,26 @@ mod tests {
             let t = T0 + round * 2 * HOUR;
             let (id, upstream, req, _) = dispatched(p.poll(t));
             assert_eq!(upstream, "127.0.0.1:8099");
-            assert_eq!((req.method.as_str(), req.path.as_str()), ("GET", "/irsa-token"));
+            assert_eq!(
+                (req.method.as_str(), req.path.as_str()),
+                ("GET", "/irsa-token")
+            );
             assert_eq!(p.poll(t), Poll::Pending);
-            assert_eq!(p.on_response(id, Ok(resp(200, &format!("  {token}\n"))), t), Update::Progress);
+            assert_eq!(
+                p.on_response(id, Ok(resp(200, &format!("  {token}\n"))), t),
+                Update::Progress
+            );
             let (id, upstream, req, _) = dispatched(p.poll(t));
             assert_eq!(upstream, "moto");
             assert_eq!(req.authority, "127.0.0.1:5000");
-            assert!(body(&req).ends_with(&format!("RoleSessionName=aws-vault&WebIdentityToken={token}")));
-            p.on_response(id, Ok(resp(200, &sts_xml("AssumeRoleWithWebIdentity", t + HOUR))), t);
+            assert!(body(&req).ends_with(&format!(
+                "RoleSessionName=aws-vault&WebIdentityToken={token}"
+            )));
+            p.on_response(
+                id,
+                Ok(resp(200, &sts_xml("AssumeRoleWithWebIdentity", t + HOUR))),
+                t,
+            );
             assert_eq!(ready(p.poll(t)).expires_at, Some(t + HOUR));
         }
     }
@@ -385,23 +406,41 @@ mod tests {
             ("AWS_DEFAULT_REGION", "ap-south-1"),
             ("AWS_STS_REGIONAL_ENDPOINTS", "legacy"),
         ]);
-        let (_, upstream, req, _) = dispatched(provider(&CredentialsConfig::default(), &env).poll(T0));
+        let (_, upstream, req, _) =
+            dispatched(provider(&CredentialsConfig::default(), &env).poll(T0));
         assert_eq!(upstream, "sts.amazonaws.com");
         assert_eq!(req.authority, "sts.amazonaws.com");
     }
 
+    type Case = (
+        &'static [(&'static str, &'static str)],
+        Option<&'static str>,
+    );
+
     #[test]
     fn configuration_problems() {
-        let cases: [(&[(&str, &str)], Option<&str>); 6] = [
+        let cases: [Case; 6] = [
             (&[], None),
             (&[("AWS_ROLE_ARN", ROLE)], None),
-            (&[("AWS_WEB_IDENTITY_TOKEN", JWT)], Some("AWS_ROLE_ARN is not set")),
             (
-                &[("AWS_ROLE_ARN", ROLE), ("AWS_WEB_IDENTITY_TOKEN_FILE", "/var/run/t")],
-                Some("AWS_WEB_IDENTITY_TOKEN_FILE is set, but a proxy-wasm filter cannot read files"),
+                &[("AWS_WEB_IDENTITY_TOKEN", JWT)],
+                Some("AWS_ROLE_ARN is not set"),
             ),
             (
-                &[("AWS_ROLE_ARN", ROLE), ("AWS_WEB_IDENTITY_TOKEN", JWT), ("AWS_ROLE_SESSION_NAME", "a b")],
+                &[
+                    ("AWS_ROLE_ARN", ROLE),
+                    ("AWS_WEB_IDENTITY_TOKEN_FILE", "/var/run/t"),
+                ],
+                Some(
+                    "AWS_WEB_IDENTITY_TOKEN_FILE is set, but a proxy-wasm filter cannot read files",
+                ),
+            ),
+            (
+                &[
+                    ("AWS_ROLE_ARN", ROLE),
+                    ("AWS_WEB_IDENTITY_TOKEN", JWT),
+                    ("AWS_ROLE_SESSION_NAME", "a b"),
+                ],
                 Some("AWS_ROLE_SESSION_NAME must be"),
             ),
             (
@@ -413,7 +452,10 @@ mod tests {
             let env = env_of(vars);
             let mut p = provider(&CredentialsConfig::default(), &env);
             match (p.poll(T0), want) {
-                (Poll::NotConfigured(r), None) => assert!(r.starts_with("web_identity: AWS_WEB_IDENTITY_TOKEN, "), "{r}"),
+                (Poll::NotConfigured(r), None) => assert!(
+                    r.starts_with("web_identity: AWS_WEB_IDENTITY_TOKEN, "),
+                    "{r}"
+                ),
                 (Poll::Failed(r), Some(w)) => assert!(r.contains(w), "{r} !~ {w}"),
                 (other, w) => panic!("{vars:?}: {other:?}, wanted {w:?}"),
             }
@@ -430,10 +472,19 @@ mod tests {
         let mut p = provider(&config, &env);
         let mut t = T0;
         for (r, want) in [
-            (Ok(resp(500, JWT)), "the web identity token URL answered HTTP 500"),
-            (Ok(resp(200, "  \n")), "the web identity token URL answered an empty body"),
+            (
+                Ok(resp(500, JWT)),
+                "the web identity token URL answered HTTP 500",
+            ),
+            (
+                Ok(resp(200, "  \n")),
+                "the web identity token URL answered an empty body",
+            ),
             (Ok(resp(200, "two words")), "not a token"),
-            (Err("timeout".to_string()), "callout to the web identity token URL failed: timeout"),
+            (
+                Err("timeout".to_string()),
+                "callout to the web identity token URL failed: timeout",
+            ),
         ] {
             let (id, ..) = dispatched(p.poll(t));
             match p.on_response(id, r, t) {
