@@ -287,9 +287,10 @@ impl SecretTarget {
             self.endpoint.authority,
             self.upstream,
             self.assume_role_arn.as_deref().unwrap_or(""),
-            self.ttl,
-            self.neg_ttl,
-            self.resurrect_ttl,
+            // Milliseconds as integers: no float formatting in the .wasm.
+            crate::cache::secs_to_ms(self.ttl),
+            crate::cache::secs_to_ms(self.neg_ttl),
+            crate::cache::secs_to_ms(self.resurrect_ttl),
             self.stage.as_str(),
             self.secret_id,
         )
@@ -876,7 +877,7 @@ fn ttl(n: f64) -> Result<f64, String> {
     if (0.0..=MAX_TTL).contains(&n) {
         Ok(n)
     } else {
-        Err(format!("must be between 0 and {MAX_TTL} seconds"))
+        Err("must be between 0 and 100000000 seconds".into())
     }
 }
 
