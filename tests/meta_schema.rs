@@ -24,12 +24,10 @@ const CONFIG_KEYS: &[&str] = &["aws", "vaults", "request_headers", "response_hea
 
 /// Top-level schema properties the parser does not accept yet (being added to
 /// src/config.rs separately). Move a name out once the parser knows it.
-const PENDING_TOP_LEVEL: &[&str] = &["credentials"];
+const PENDING_TOP_LEVEL: &[&str] = &[];
 
-/// Fields of a vault entity the parser accepts. Duplicated from `vault_entity()` in
-/// src/config.rs: its "unknown field" message omits `id` and `tags`.
-/// TODO: use a `pub const` from `aws_vault::config` once exposed.
-const ENTITY_FIELDS: &[&str] = &["name", "prefix", "description", "config", "id", "tags"];
+/// Fields of a vault entity the parser accepts.
+const ENTITY_FIELDS: &[&str] = aws_vault::config::ENTITY_FIELDS;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

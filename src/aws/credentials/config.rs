@@ -131,6 +131,13 @@ impl CredentialsConfig {
         };
         let mut c = CredentialsConfig::default();
         for (name, v) in map {
+            if v.is_null() {
+                // Unset, as Kong's declarative config may write it.
+                if !FIELDS.contains(&name.as_str()) {
+                    return Err(format!("{path}.{name}: unknown field"));
+                }
+                continue;
+            }
             c.set(name, v).map_err(|e| format!("{path}.{name}: {e}"))?;
         }
         Ok(c)
