@@ -21,7 +21,7 @@ use crate::aws::credentials::{CredentialSet, Poll, Slot, Update};
 use crate::aws::secrets_manager::{self, ErrorKind, SecretValue};
 use crate::aws::sigv4::{self, Credentials};
 use crate::aws::HttpResponse;
-use crate::cache::{self, Entry, Lease};
+use crate::cache::{self, Entry, Lease, SharedCredentials};
 use crate::config::{Config, EnvRef, HeaderTemplate, Resolved, SecretTarget};
 use crate::host::SharedStore;
 use crate::template::Segment;
@@ -36,6 +36,8 @@ pub const MAX_WAITERS: usize = 4096;
 /// How long after its timeout an unanswered callout is given up (Kong <= 3.8
 /// never answers a failed dispatch).
 const CALLOUT_GRACE_MS: u64 = 2_000;
+/// How long one VM may refresh a credentials source before others may.
+const CREDENTIALS_LEASE_MS: u64 = 30_000;
 /// Header values set on a request or response: `(lower-case name, value)`.
 pub type Headers = Vec<(String, String)>;
 
@@ -197,6 +199,42 @@ struct CompiledHeader {
     parts: Vec<Part>,
 }
 
+/// One credentials source (the base chain, or an assumed role) as shared by
+/// every VM: temporary credentials are fetched by one VM (a lease) and
+/// published to shared data.
+struct CredSlot {
+    /// Describes the source; stored inside entries to detect key collisions.
+    key: String,
+    skey: String,
+    lease_key: String,
+    /// The latest shared credentials seen.
+    shared: Option<SharedCredentials>,
+    /// The provider hands out static credentials (environment): no sharing.
+    is_static: bool,
+}
+
+impl CredSlot {
+    fn new(key: String) -> CredSlot {
+        let skey =
+            cache::shared_key(&format!("credentials|{key}")).replace("/secret/", "/credentials/");
+        CredSlot {
+            lease_key: format!("{skey}/lease"),
+            skey,
+            key,
+            shared: None,
+            is_static: false,
+        }
+    }
+
+    fn credentials(&self) -> Option<Credentials> {
+        self.shared.as_ref().map(|c| Credentials {
+            access_key_id: c.access_key_id.clone(),
+            secret_access_key: c.secret_access_key.clone(),
+            session_token: c.session_token.clone(),
+        })
+    }
+}
+
 /// A paused request: when it paused, and headers of its own (from trusted
 /// incoming headers) to render on top of the configured ones.
 struct Waiter {
@@ -245,6 +283,7 @@ pub struct Engine {
     holder: u64,
     rng: u64,
     credentials: CredentialSet,
+    cred_slots: BTreeMap<Slot, CredSlot>,
     dirty: bool,
     pub stats: Stats,
 }
@@ -274,6 +313,7 @@ impl Engine {
             holder: seed | 1,
             rng: seed ^ 0x9e37_79b9_7f4a_7c15,
             credentials: CredentialSet::new(&config.credentials, env),
+            cred_slots: BTreeMap::new(),
             dirty: false,
             stats: Stats::default(),
         };
@@ -286,6 +326,8 @@ impl Engine {
             engine.response.push(compiled);
         }
         engine.configured = engine.secrets.len();
+        let base = format!("base|{}", config.credentials.source.as_str());
+        engine.cred_slots.insert(Slot::Base, CredSlot::new(base));
         Ok(engine)
     }
 
@@ -360,9 +402,23 @@ impl Engine {
                                     role.session_name = t.role_session_name.clone();
                                     role.sts_endpoint = t.sts_endpoint.clone();
                                     role.timeout_ms = t.timeout_ms;
-                                    self.credentials
+                                    let key = format!(
+                                        "role|{}|{}|{}|{}",
+                                        role.role_arn,
+                                        role.session_name,
+                                        role.region,
+                                        role.sts_endpoint
+                                            .as_ref()
+                                            .map_or("", |e| e.authority.as_str())
+                                    );
+                                    let slot = self
+                                        .credentials
                                         .role(role)
-                                        .map_err(|e| format!("{text}: assume_role_arn: {e}"))?
+                                        .map_err(|e| format!("{text}: assume_role_arn: {e}"))?;
+                                    self.cred_slots
+                                        .entry(slot)
+                                        .or_insert_with(|| CredSlot::new(key));
+                                    slot
                                 }
                             };
                             self.secrets.push(Secret {
@@ -537,7 +593,7 @@ impl Engine {
                     Update::Progress | Update::Ignored => {}
                 }
                 // More steps (IMDS), and fetches that waited for credentials.
-                self.drive_credentials(now, active, out);
+                self.drive_credentials(now, store, active, out);
                 self.dirty = true;
             }
             FetchKind::Secret {
@@ -592,6 +648,7 @@ impl Engine {
                         ),
                     });
                     self.credentials.invalidate(slot, Some(&used));
+                    self.invalidate_shared(slot, &used, store);
                     if let Some(s) = self.secrets.get_mut(i) {
                         s.retrying = true;
                     }
@@ -617,29 +674,101 @@ impl Engine {
 
     /// Poll every credentials slot, dispatching what providers ask for:
     /// refresh ahead of expiry happens here, off the request path.
-    fn drive_credentials(&mut self, now: u64, owner: Owner, out: &mut Vec<Action>) {
+    fn drive_credentials(
+        &mut self,
+        now: u64,
+        store: &mut dyn SharedStore,
+        owner: Owner,
+        out: &mut Vec<Action>,
+    ) {
         let slots: Vec<Slot> = self.credentials.slots().collect();
         for slot in slots {
             // Failures are logged when the provider reports them; a fetch
             // that needs these credentials records its own.
-            let _ = self.poll_credentials(slot, now, owner, out);
+            let _ = self.poll_credentials(slot, now, store, owner, out);
+        }
+    }
+
+    /// AWS refused `used`: make sure no VM hands them out again.
+    fn invalidate_shared(&mut self, slot: Slot, used: &Credentials, store: &mut dyn SharedStore) {
+        let Some(cs) = self.cred_slots.get_mut(&slot) else {
+            return;
+        };
+        let (bytes, cas) = store.get(&cs.skey);
+        if let Some(mut c) = bytes.and_then(|b| SharedCredentials::decode(&b, &cs.key)) {
+            if c.access_key_id == used.access_key_id {
+                c.expires_at = 0;
+                let _ = store.set(&cs.skey, &c.encode(), cas);
+            }
+        }
+        cs.shared = None;
+    }
+
+    /// Temporary credentials another VM published, if no refresh is due;
+    /// `Err(valid)` when a refresh is due (`valid`: still usable meanwhile).
+    fn shared_credentials(
+        &mut self,
+        slot: Slot,
+        now: u64,
+        store: &dyn SharedStore,
+    ) -> Result<Credentials, Option<Credentials>> {
+        let Some(cs) = self.cred_slots.get_mut(&slot) else {
+            return Err(None);
+        };
+        if !cs.shared.as_ref().is_some_and(|c| c.fresh(now)) {
+            let (bytes, _) = store.get(&cs.skey);
+            if let Some(c) = bytes.and_then(|b| SharedCredentials::decode(&b, &cs.key)) {
+                cs.shared = Some(c);
+            }
+        }
+        match &cs.shared {
+            Some(c) if c.fresh(now) => cs.credentials().ok_or(None),
+            Some(c) if c.valid(now) => Err(cs.credentials()),
+            _ => Err(None),
         }
     }
 
     /// Credentials for `slot`, if ready; dispatches the provider's callouts.
+    /// Temporary credentials come from shared data while fresh; when a
+    /// refresh is due, the VM holding the slot's lease asks its provider and
+    /// publishes the result, the others keep using the valid ones meanwhile.
     fn poll_credentials(
         &mut self,
         slot: Slot,
         now: u64,
+        store: &mut dyn SharedStore,
         owner: Owner,
         out: &mut Vec<Action>,
     ) -> Result<Option<Credentials>, String> {
+        let is_static = self.cred_slots.get(&slot).is_none_or(|c| c.is_static);
+        if !is_static {
+            let meanwhile = match self.shared_credentials(slot, now, store) {
+                Ok(c) => return Ok(Some(c)),
+                Err(meanwhile) => meanwhile,
+            };
+            let lease_key = self.cred_slots.get(&slot).map(|c| c.lease_key.clone());
+            // Long enough for a provider's few callouts (IMDS: three).
+            let lease_until = now + CREDENTIALS_LEASE_MS;
+            let held = lease_key
+                .as_deref()
+                .is_some_and(|k| Lease::acquire(store, k, self.holder, now, lease_until));
+            if !held {
+                return Ok(meanwhile); // another VM is refreshing them
+            }
+        }
+        let mut dispatched = false;
         // A provider asks for one callout per poll (IMDS: token, then role...).
         for _ in 0..8 {
             match self.credentials.poll(slot, now) {
-                Poll::Ready(c) => return Ok(Some(c.credentials)),
+                Poll::Ready(c) => {
+                    self.share_credentials(slot, &c, now, dispatched, store);
+                    return Ok(Some(c.credentials));
+                }
                 Poll::Pending => return Ok(None),
-                Poll::NotConfigured(why) | Poll::Failed(why) => return Err(why),
+                Poll::NotConfigured(why) | Poll::Failed(why) => {
+                    self.release_credentials_lease(slot, store);
+                    return Err(why);
+                }
                 Poll::Dispatch {
                     id,
                     upstream,
@@ -662,10 +791,56 @@ impl Engine {
                         request,
                         timeout_ms,
                     });
+                    dispatched = true;
                 }
             }
         }
         Ok(None)
+    }
+
+    /// Publish what the provider handed out (temporary credentials only),
+    /// and give the lease back unless a refresh is still in flight.
+    fn share_credentials(
+        &mut self,
+        slot: Slot,
+        c: &crate::aws::credentials::TimedCredentials,
+        now: u64,
+        refreshing: bool,
+        store: &mut dyn SharedStore,
+    ) {
+        let Some(cs) = self.cred_slots.get_mut(&slot) else {
+            return;
+        };
+        let Some(expires_at) = c.expires_at else {
+            cs.is_static = true;
+            Lease::release(store, &cs.lease_key, self.holder);
+            return;
+        };
+        let known = cs.shared.as_ref().is_some_and(|s| {
+            s.access_key_id == c.credentials.access_key_id && s.expires_at == expires_at
+        });
+        if !known {
+            let shared = SharedCredentials {
+                v: cache::FORMAT,
+                key: cs.key.clone(),
+                access_key_id: c.credentials.access_key_id.clone(),
+                secret_access_key: c.credentials.secret_access_key.clone(),
+                session_token: c.credentials.session_token.clone(),
+                fetched_at: now,
+                expires_at,
+            };
+            shared.publish(store, &cs.skey);
+            cs.shared = Some(shared);
+        }
+        if !refreshing {
+            Lease::release(store, &cs.lease_key, self.holder);
+        }
+    }
+
+    fn release_credentials_lease(&mut self, slot: Slot, store: &mut dyn SharedStore) {
+        if let Some(cs) = self.cred_slots.get(&slot) {
+            Lease::release(store, &cs.lease_key, self.holder);
+        }
     }
 
     /// A dispatch the engine asked for could not even be sent.
@@ -744,7 +919,7 @@ impl Engine {
             self.record_failure(secret, reason, false, now, store, out);
             Lease::release(store, &lease_key, self.holder);
         }
-        self.drive_credentials(now, Owner::Root, out);
+        self.drive_credentials(now, store, Owner::Root, out);
         for i in 0..self.secrets.len() {
             self.sync(i, store);
             let due = self.secrets.get(i).is_some_and(|s| {
@@ -912,7 +1087,7 @@ impl Engine {
             return false;
         };
         // Credentials first: this VM's own, no lease needed to get them.
-        let credentials = match self.poll_credentials(slot, now, owner, out) {
+        let credentials = match self.poll_credentials(slot, now, store, owner, out) {
             Ok(Some(c)) => c,
             Ok(None) => return false, // being fetched; re-evaluated when they arrive
             Err(why) => {

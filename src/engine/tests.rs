@@ -844,3 +844,79 @@ fn imds_credentials_through_the_engine() {
         .unwrap()
         .contains("Credential=ASIAIMDS/"));
 }
+
+#[test]
+fn temporary_credentials_are_fetched_by_one_vm_and_shared() {
+    both(|kind| {
+        let config = Config::parse(CONFIG, &|_| None).unwrap();
+        let imds_only = |_: &str| None;
+        let mut store = FakeStore::new(kind);
+        let mut vms: Vec<Engine> = (0..2)
+            .map(|i| Engine::new(&config, &imds_only, 11 + i).unwrap())
+            .collect();
+        let answer = |body: &str| {
+            CalloutResult::Response(HttpResponse {
+                status: 200,
+                headers: vec![],
+                body: body.as_bytes().to_vec(),
+            })
+        };
+        let mut out = Vec::new();
+        vms[0].on_tick(1_000, &mut store, &mut out);
+        let mut d = dispatch_of(&out);
+        assert_eq!(d.len(), 1, "VM 0 starts the IMDS flow");
+        let mut out1 = Vec::new();
+        vms[1].on_tick(1_000, &mut store, &mut out1);
+        assert!(
+            dispatch_of(&out1).is_empty(),
+            "VM 1 waits: lease held ({kind:?})"
+        );
+        let creds = r#"{"Code":"Success","AccessKeyId":"ASIASHARED","SecretAccessKey":"S","Token":"T","Expiration":"2099-01-01T00:00:00Z"}"#;
+        for body in ["TOKEN", "my-role", creds] {
+            let mut o = Vec::new();
+            vms[0].on_callout(d[0].0, answer(body), 1_010, &mut store, Owner::Root, &mut o);
+            d = dispatch_of(&o)
+                .into_iter()
+                .filter(|(_, up, _)| up == "169.254.169.254")
+                .collect();
+            if body == creds {
+                assert!(d.is_empty());
+            }
+        }
+        // VM 1 signs with the shared credentials, without any IMDS callout.
+        let mut o = Vec::new();
+        let decision = vms[1].on_request(7, 1_020, &[], &mut store, &mut o);
+        assert_eq!(decision, Decision::Pause);
+        let d = dispatch_of(&o);
+        assert!(
+            d.iter().all(|(_, up, _)| up == "moto"),
+            "no IMDS from VM 1: {d:?}"
+        );
+        assert!(!d.is_empty());
+        assert!(req_header(&d[0].2, "authorization")
+            .unwrap()
+            .contains("Credential=ASIASHARED/"));
+        // AWS refuses them: the shared copy is invalidated for every VM.
+        let mut o2 = Vec::new();
+        vms[1].on_callout(
+            d[0].0,
+            aws_error(403, "ExpiredTokenException"),
+            1_030,
+            &mut store,
+            Owner::Root,
+            &mut o2,
+        );
+        let mut o3 = Vec::new();
+        vms[0].on_tick(1_040, &mut store, &mut o3);
+        assert!(
+            dispatch_of(&o3)
+                .iter()
+                .any(|(_, up, _)| up == "169.254.169.254")
+                || dispatch_of(&o2)
+                    .iter()
+                    .any(|(_, up, _)| up == "169.254.169.254"),
+            "someone refetches credentials: {}",
+            logs(&o3)
+        );
+    });
+}
