@@ -1,6 +1,7 @@
 # aws_vault proxy-wasm filter: build, test, demo.
 #   make build   -> build/aws_vault.wasm
 #   make test    -> cargo test + clippy + fmt + build + Envoy/moto integration tests
+#   make bench   -> bench/results.json + bench/results.png (bench/README.md)
 #   make run     -> demo: moto + echo upstream + Envoy (envoy/envoy.yaml) on 127.0.0.1
 
 PYTHON      ?= python3
@@ -9,7 +10,7 @@ VENV_STAMP  := $(VENV)/.requirements.stamp
 WASM_TARGET := wasm32-wasip1
 WASM        := build/aws_vault.wasm
 
-.PHONY: all venv target components wasm-opt build test run clean distclean
+.PHONY: all venv target components wasm-opt build test run bench fuzz clean distclean
 
 all: build
 
@@ -57,9 +58,33 @@ test: venv components build
 run: venv build
 	$(VENV)/bin/python scripts/demo.py
 
+BENCH_STAMP := $(VENV)/.bench-requirements.stamp
+BENCH_ARGS  ?=
+
+# Benchmark dependencies (matplotlib), on top of the test venv.
+$(BENCH_STAMP): bench/requirements.txt $(VENV_STAMP)
+	$(VENV)/bin/python -m pip install --quiet -r bench/requirements.txt
+	touch $@
+
+# Benchmark (bench/README.md): ~4 min on a quiet machine -> bench/results.json, results.png.
+# `make bench BENCH_ARGS=--quick` for a short check. bench/run.py installs wrk when missing.
+bench: venv build $(BENCH_STAMP)
+	$(VENV)/bin/python bench/run.py --skip-build $(BENCH_ARGS)
+
+FUZZ_SECONDS ?= 60
+# Every cargo-fuzz target for FUZZ_SECONDS each; stops at the first crash
+# (fuzz/artifacts/<target>/). RUSTC_BOOTSTRAP=1: cargo-fuzz's -Z flags on stable.
+fuzz:
+	@command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz
+	RUSTC_BOOTSTRAP=1 cargo fuzz build
+	@for t in $$(RUSTC_BOOTSTRAP=1 cargo fuzz list); do \
+		echo "== fuzz $$t: $(FUZZ_SECONDS) s"; \
+		RUSTC_BOOTSTRAP=1 cargo fuzz run $$t -- -max_total_time=$(FUZZ_SECONDS) -timeout=10 -print_final_stats=1 || exit 1; \
+	done
+
 clean:
 	cargo clean
-	rm -rf build .pytest_cache tests/integration/__pycache__ scripts/__pycache__
+	rm -rf build fuzz/target fuzz/artifacts .pytest_cache tests/integration/__pycache__ scripts/__pycache__ bench/__pycache__
 
 distclean: clean
 	rm -rf $(VENV)

@@ -327,7 +327,14 @@ impl Engine {
         }
         engine.configured = engine.secrets.len();
         let base = format!("base|{}", config.credentials.source.as_str());
-        engine.cred_slots.insert(Slot::Base, CredSlot::new(base));
+        let mut base_slot = CredSlot::new(base);
+        // Keys in the environment are static: nothing to share, no lease.
+        use crate::aws::credentials::Source;
+        let env_keys = env("AWS_ACCESS_KEY_ID").is_some_and(|v| !v.is_empty())
+            && env("AWS_SECRET_ACCESS_KEY").is_some_and(|v| !v.is_empty());
+        base_slot.is_static =
+            env_keys && matches!(config.credentials.source, Source::Env | Source::Chain);
+        engine.cred_slots.insert(Slot::Base, base_slot);
         Ok(engine)
     }
 

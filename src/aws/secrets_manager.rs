@@ -363,6 +363,18 @@ fn parse_error(resp: &super::HttpResponse) -> AwsError {
         .map(trim_error_code)
         .filter(|c| !c.is_empty());
     let parseable = resp.body.len() <= MAX_BODY_BYTES;
+    // An answer that is not an error status, or that carries secret fields
+    // (a misbehaving endpoint), is never quoted.
+    let quotable = status >= 400
+        && !contains(&resp.body, b"SecretString")
+        && !contains(&resp.body, b"SecretBinary");
+    let excerpt = |body: &[u8]| {
+        if quotable {
+            body_excerpt(body)
+        } else {
+            "(body not shown)".to_string()
+        }
+    };
 
     let mut code = None;
     let mut message = None;
@@ -381,7 +393,7 @@ fn parse_error(resp: &super::HttpResponse) -> AwsError {
             if message.is_none() {
                 message = if code.is_none() && header_code.is_none() {
                     // JSON without any error fields: show it.
-                    Some(body_excerpt(&resp.body))
+                    Some(excerpt(&resp.body))
                 } else {
                     Some(String::new())
                 };
@@ -394,7 +406,7 @@ fn parse_error(resp: &super::HttpResponse) -> AwsError {
     let code = code
         .or(header_code)
         .unwrap_or_else(|| format!("HTTP{status}"));
-    let message = message.unwrap_or_else(|| body_excerpt(&resp.body));
+    let message = message.unwrap_or_else(|| excerpt(&resp.body));
     AwsError {
         kind: classify(&code, status),
         status,
@@ -494,7 +506,9 @@ fn xml_unescape(text: &str) -> String {
     while let Some(amp) = rest.find('&') {
         out.push_str(rest.get(..amp).unwrap_or(""));
         let after = rest.get(amp..).unwrap_or("");
-        let entity_end = after.find(';').filter(|&i| i <= 10);
+        // Look only 11 bytes ahead: scanning the rest of the text for every
+        // `&` made a body of many `&` quadratic (a minute for 1 MiB).
+        let entity_end = after.bytes().take(11).position(|b| b == b';');
         let decoded = entity_end.and_then(|end| {
             let name = after.get(1..end)?;
             let c = match name {
@@ -530,6 +544,10 @@ fn xml_unescape(text: &str) -> String {
 }
 
 /// The start of an error body, made printable.
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
 fn body_excerpt(body: &[u8]) -> String {
     // Decoding a little more than needed is enough for 200 characters.
     let head = body.get(..MAX_MESSAGE_CHARS * 4 + 4).unwrap_or(body);
@@ -713,6 +731,23 @@ mod tests {
     }
 
     // ---- version_stage ----
+
+    #[test]
+    fn answers_with_secret_fields_or_odd_statuses_are_never_quoted() {
+        for (status, body) in [
+            (302u16, r#"{"Name":"n","SecretString":"hunter2-x"}"#),
+            (400, r#"{"SecretString":"hunter2-x"}"#),
+            (304, "hunter2-x"),
+        ] {
+            let resp = super::super::HttpResponse {
+                status,
+                headers: vec![],
+                body: body.as_bytes().to_vec(),
+            };
+            let e = parse_get_secret_value(&resp).unwrap_err();
+            assert!(!format!("{e} {e:?}").contains("hunter2"), "{status}: {e}");
+        }
+    }
 
     #[test]
     fn version_stage_table() {

@@ -1,0 +1,752 @@
+#!/usr/bin/env python3
+"""Benchmark of the aws_vault filter in Envoy (`make bench`; see bench/README.md).
+
+Warm throughput, interleaved rounds on 127.0.0.1, one Envoy per configuration:
+  none       Envoy, no HTTP filter but the router (ceiling)
+  native     Envoy's credential_injector (generic credential from an SDS file)
+  wasm_1ref  aws_vault, warm cache, `authorization: Bearer {vault://aws/bench/api/token}`
+  wasm_4ref  aws_vault, warm cache, one header with four references from two secrets
+All inject the same header (`authorization`) and talk to the same upstream (an Envoy serving
+a direct response). Then a cold start (K secrets, M simultaneous requests right after Envoy
+is ready, 2 workers), resource figures (.wasm size, Envoy RSS) and the native SigV4 signing
+cost (`cargo bench --bench sigv4`). Writes bench/results.json and bench/results.png
+(`--quick`: bench/results-quick.*).
+
+CPU layout on a 2-core machine (see README): the Envoy under test has one worker
+(--concurrency 1) and is pinned to CPU 0; wrk (1 thread, 32 keep-alive connections) and the
+upstream Envoy (1 worker) share the other CPU(s). The Envoy under test is thus the bottleneck,
+and its requests/s and CPU time per request measure the filter's cost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import resource
+import selectors
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+sys.path.insert(0, str(REPO / "tests" / "integration"))
+
+from counting_proxy import CountingProxy  # noqa: E402
+from harness import (LOCALHOST, WASM, Envoy, Moto, build_wasm, envoy_config,  # noqa: E402
+                     free_port, validate, venv_bin, write_config)
+
+CONFIGS = ["none", "native", "wasm_1ref", "wasm_4ref"]
+TOKEN = "s3cr3t-token-0123456789abcdef"
+SECRETS = {"bench/api": {"token": TOKEN},
+           "bench/a": {"user": "alice", "pass": "pa55w0rd-alice"},
+           "bench/b": {"key": "AKIAEXAMPLEKEY", "sig": "c2lnbmF0dXJlLXZhbHVl"}}
+HEADER_1REF = "Bearer {vault://aws/bench/api/token}"
+HEADER_4REF = ("Custom {vault://aws/bench/a/user}:{vault://aws/bench/a/pass};"
+               "{vault://aws/bench/b/key}:{vault://aws/bench/b/sig}")
+EXPECTED = {"native": f"Bearer {TOKEN}", "wasm_1ref": f"Bearer {TOKEN}",
+            "wasm_4ref": "Custom alice:pa55w0rd-alice;AKIAEXAMPLEKEY:c2lnbmF0dXJlLXZhbHVl"}
+
+GOALS = {"warm_vs_none": 0.95, "warm_vs_native": 0.97, "wasm_max_bytes": 350_000,
+         "cold_extra_wait_ms": 5.0}
+
+
+def log(*args):
+    print("[bench]", *args, flush=True)
+
+
+# --------------------------------------------------------------------------- environment
+
+def ensure_wrk() -> str:
+    """wrk from Debian; installed with apt-get (after `apt-get update` only if needed)."""
+    found = shutil.which("wrk")
+    if found:
+        return found
+    if os.geteuid() != 0:
+        sys.exit("wrk is missing: apt-get install -y wrk (needs root)")
+    policy = subprocess.run(["apt-cache", "policy", "wrk"], check=False, capture_output=True,
+                            text=True).stdout
+    if not re.search(r"Candidate:\s*\d", policy):
+        log("apt-get update (no candidate for wrk in the package lists)")
+        subprocess.run(["apt-get", "update", "-qq"], check=True)
+    log("apt-get install -y wrk")
+    subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=True,
+                   env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+    return shutil.which("wrk") or sys.exit("wrk still missing after apt-get install")
+
+
+def run_text(argv, **kw) -> str:
+    try:
+        out = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=60, **kw)
+        return (out.stdout + out.stderr).strip()
+    except (OSError, subprocess.SubprocessError) as e:
+        return f"unavailable ({e})"
+
+
+def machine_info(wrk: str) -> dict:
+    cpu_model = next((line.split(":", 1)[1].strip() for line in
+                      Path("/proc/cpuinfo").read_text().splitlines()
+                      if line.startswith("model name")), platform.processor())
+    mem_kb = int(re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text()).group(1))
+    envoy_v = run_text([venv_bin("envoy"), "--version"])
+    m = re.search(r"version:\s*([0-9a-f]+)/([^/\s]+)", envoy_v)
+    commit = run_text(["git", "-C", str(REPO), "rev-parse", "HEAD"])
+    dirty = run_text(["git", "--no-optional-locks", "-C", str(REPO), "status", "--porcelain",
+                      "--untracked-files=no"])
+    return {
+        "nproc": os.cpu_count(), "cpu_model": cpu_model, "mem_gib": round(mem_kb / 2**20, 1),
+        "kernel": platform.release(), "loadavg_start": os.getloadavg(),
+        "versions": {
+            "envoy": f"{m.group(2)} ({m.group(1)[:12]})" if m else envoy_v,
+            "rustc": run_text(["rustc", "--version"]),
+            "wrk": run_text([wrk, "--version"]).splitlines()[0],
+            "python": platform.python_version(),
+            "filter_commit": commit, "filter_tree_dirty": bool(dirty.strip()),
+        },
+    }
+
+
+# --------------------------------------------------------------------------- /proc helpers
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def proc_cpu_s(pid: int) -> float:
+    """utime + stime of a whole process (all threads), seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def cpu_busy_s(cpu: int) -> tuple[float, float]:
+    """(busy, total) seconds of one CPU from /proc/stat."""
+    for line in Path("/proc/stat").read_text().splitlines():
+        if line.startswith(f"cpu{cpu} "):
+            v = [int(x) for x in line.split()[1:]]
+            idle = v[3] + v[4]
+            return (sum(v[:8]) - idle) / CLK_TCK, sum(v[:8]) / CLK_TCK
+    return 0.0, 0.0
+
+
+def rss_kib(pid: int) -> dict:
+    text = Path(f"/proc/{pid}/status").read_text()
+    return {k: int(re.search(rf"{k}:\s+(\d+)", text).group(1)) for k in ("VmRSS", "VmHWM")}
+
+
+def pin(pid: int, cpus: set[int] | None):
+    """Pin every thread of a process (threads made later inherit the main thread's mask)."""
+    if not cpus:
+        return
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            os.sched_setaffinity(int(tid), cpus)
+        except OSError:
+            pass
+
+
+# --------------------------------------------------------------------------- configs
+
+def upstream_config(listen_port: int, admin_port: int, echo_headers: list[str]) -> dict:
+    """The shared upstream: an Envoy answering 200 "ok" itself. `/check` also echoes the
+    injected headers back as `x-seen-<name>` (for verification; not used under load)."""
+    ok = {"status": 200, "body": {"inline_string": "ok\n"}}
+    echo = [{"header": {"key": f"x-seen-{h}", "value": f"%REQ({h})%"}} for h in echo_headers]
+    hcm = {"@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager"
+                    ".v3.HttpConnectionManager",
+           "stat_prefix": "upstream",
+           "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [
+               {"match": {"prefix": "/check"}, "direct_response": ok,
+                "response_headers_to_add": echo},
+               {"match": {"prefix": "/"}, "direct_response": ok}]}]},
+           "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
+               "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]}
+    addr = lambda p: {"socket_address": {"address": LOCALHOST, "port_value": p}}  # noqa: E731
+    return {"admin": {"address": addr(admin_port)}, "static_resources": {"listeners": [
+        {"name": "upstream", "address": addr(listen_port), "filter_chains": [
+            {"filters": [{"name": "envoy.filters.network.http_connection_manager",
+                          "typed_config": hcm}]}]}]}}
+
+
+def native_filter(sds_path: Path) -> dict:
+    return {"name": "envoy.filters.http.credential_injector", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.credential_injector.v3"
+                 ".CredentialInjector",
+        "overwrite": True,
+        "credential": {"name": "envoy.http.injected_credentials.generic", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.http.injected_credentials.generic.v3"
+                     ".Generic",
+            "credential": {"name": "bench-credential",
+                           "sds_config": {"path_config_source": {"path": str(sds_path)}}},
+            "header": "authorization"}}}}
+
+
+def sds_file(path: Path, value: str) -> Path:
+    """An SDS DiscoveryResponse with one generic secret."""
+    path.write_text(json.dumps({"resources": [{
+        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret",
+        "name": "bench-credential", "generic_secret": {"secret": {"inline_string": value}}}]},
+        indent=2))
+    return path
+
+
+def aws_settings(proxy: CountingProxy) -> dict:
+    # ttl absent = never refreshed: nothing but cached values during the warm rounds.
+    return {"region": "us-east-1", "endpoint_url": proxy.url, "upstream": "moto"}
+
+
+def sut_config(name: str, workdir: Path, *, upstream_port: int, proxy: CountingProxy,
+               wasm: Path) -> tuple[Path, int, int]:
+    """Bootstrap of one Envoy under test (harness.envoy_config + node + native filter)."""
+    plugin = None
+    if name == "wasm_1ref":
+        plugin = {"aws": aws_settings(proxy), "request_headers": {"authorization": HEADER_1REF}}
+    elif name == "wasm_4ref":
+        plugin = {"aws": aws_settings(proxy), "request_headers": {"authorization": HEADER_4REF}}
+    elif name.startswith("cold"):
+        plugin = {"aws": aws_settings(proxy), "request_headers": {
+            f"x-s{i}": f"{{vault://aws/bench/cold/s{i}/v}}" for i in range(cold_k(name))}}
+    listen_port, admin_port = free_port(), free_port()
+    config = envoy_config(plugin, listen_port=listen_port, admin_port=admin_port,
+                          echo_port=upstream_port, moto_port=proxy.port, wasm=wasm)
+    config["node"] = {"id": f"bench-{name}", "cluster": "bench"}  # SDS needs a node
+    if name == "native":
+        hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+        hcm["typed_config"]["http_filters"].insert(
+            0, native_filter(sds_file(workdir / "native-sds.yaml", EXPECTED["native"])))
+    d = workdir / name
+    return write_config(config, d), listen_port, admin_port
+
+
+def cold_k(name: str) -> int:
+    return int(name.split("_k", 1)[1])
+
+
+def start_envoy(path: Path, listen_port: int, admin_port: int, env: dict,
+                concurrency: int) -> Envoy:
+    rc, out = validate(path, env)
+    if rc != 0:
+        raise RuntimeError(f"envoy --mode validate failed for {path}:\n{out[-4000:]}")
+    envoy = Envoy(path, listen_port=listen_port, admin_port=admin_port, env=env,
+                  concurrency=concurrency, log_dir=path.parent)
+    # The harness runs Envoy with wasm:debug logging; benchmark at warning for all.
+    envoy.http.post(f"{envoy.admin_url}/logging?level=warning", timeout=5).raise_for_status()
+    return envoy
+
+
+# --------------------------------------------------------------------------- warm rounds
+
+def wrk_run(wrk: str, url: str, *, duration: float, connections: int, threads: int,
+            cpus: set[int] | None) -> tuple[dict, float]:
+    """One wrk run; returns (wrk's JSON summary, wrk's CPU seconds)."""
+    argv = [wrk, "-t", str(threads), "-c", str(connections), "-d", f"{max(1, round(duration))}s",
+            "--timeout", "5s", "-s", str(BENCH / "wrk_report.lua"), url]
+    preexec = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
+    with tempfile.TemporaryFile() as out:
+        p = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, preexec_fn=preexec)
+        _, status, usage = os.wait4(p.pid, 0)
+        p.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        text = out.read().decode(errors="replace")
+    m = re.search(r"^WRK_JSON (.*)$", text, re.MULTILINE)
+    if p.returncode != 0 or not m:
+        raise RuntimeError(f"wrk failed ({p.returncode}):\n{text}")
+    return json.loads(m.group(1)), usage.ru_utime + usage.ru_stime
+
+
+def measure(wrk: str, envoy: Envoy, upstream: Envoy, *, duration: float, connections: int,
+            cpu_sut: set[int] | None, cpu_rest: set[int] | None) -> dict:
+    pin(envoy.proc.popen.pid, cpu_sut)
+    pin(upstream.proc.popen.pid, cpu_rest)
+    cpu0 = min(cpu_sut) if cpu_sut else 0
+    sut0, up0, (busy0, tot0) = (proc_cpu_s(envoy.proc.popen.pid),
+                                proc_cpu_s(upstream.proc.popen.pid), cpu_busy_s(cpu0))
+    t0 = time.monotonic()
+    w, wrk_cpu = wrk_run(wrk, envoy.url + "/", duration=duration, connections=connections,
+                         threads=1, cpus=cpu_rest)
+    wall = time.monotonic() - t0
+    sut1, up1, (busy1, tot1) = (proc_cpu_s(envoy.proc.popen.pid),
+                                proc_cpu_s(upstream.proc.popen.pid), cpu_busy_s(cpu0))
+    errors = {k: w[k] for k in ("connect_errors", "read_errors", "write_errors",
+                                "status_errors", "timeouts")}
+    if any(errors.values()):
+        raise RuntimeError(f"errors under load at {envoy.url}: {errors}")
+    sut_cpu = sut1 - sut0
+    secs = w["duration_us"] / 1e6
+    return {
+        "rps": w["requests"] / secs, "requests": w["requests"], "seconds": secs,
+        "p50_ms": w["lat_p50_us"] / 1000, "p90_ms": w["lat_p90_us"] / 1000,
+        "p99_ms": w["lat_p99_us"] / 1000, "max_ms": w["lat_max_us"] / 1000,
+        "envoy_cpu_us_per_req": 1e6 * sut_cpu / max(w["requests"], 1),
+        "envoy_cpu_util": sut_cpu / wall,
+        "upstream_cpu_util": (up1 - up0) / wall, "wrk_cpu_util": wrk_cpu / wall,
+        # Work on the Envoy's CPU that was not this Envoy's (other processes: noise).
+        "foreign_util_on_envoy_cpu": max(0.0, ((busy1 - busy0) - sut_cpu) / max(tot1 - tot0, 1e-9))
+        if cpu_sut else None,
+    }
+
+
+def summarize(rounds: list[dict]) -> dict:
+    by = {c: [r[c] for r in rounds] for c in CONFIGS}
+    med = lambda xs: statistics.median(xs)  # noqa: E731
+    summary = {}
+    for c, rs in by.items():
+        rps = [r["rps"] for r in rs]
+        summary[c] = {
+            "rps_median": med(rps), "rps_min": min(rps), "rps_max": max(rps),
+            "p50_ms_median": med([r["p50_ms"] for r in rs]),
+            "p99_ms_median": med([r["p99_ms"] for r in rs]),
+            "envoy_cpu_us_per_req_median": med([r["envoy_cpu_us_per_req"] for r in rs]),
+            "envoy_cpu_util_median": med([r["envoy_cpu_util"] for r in rs]),
+            "foreign_util_median": med([r["foreign_util_on_envoy_cpu"] or 0 for r in rs]),
+        }
+        # The Envoy under test is the bottleneck when its CPU is busy (by it or by others).
+        summary[c]["envoy_cpu_saturated"] = (summary[c]["envoy_cpu_util_median"]
+                                             + summary[c]["foreign_util_median"]) >= 0.9
+    ratios = {}
+    for a, b in [("wasm_1ref", "none"), ("wasm_4ref", "none"), ("native", "none"),
+                 ("wasm_1ref", "native"), ("wasm_4ref", "native")]:
+        per_round = [r[a]["rps"] / r[b]["rps"] for r in rounds]
+        cpu_round = [r[a]["envoy_cpu_us_per_req"] / r[b]["envoy_cpu_us_per_req"] for r in rounds]
+        ratios[f"{a}/{b}"] = {"rps_per_round": per_round, "rps_median": med(per_round),
+                              "rps_min": min(per_round), "rps_max": max(per_round),
+                              "cpu_per_req_per_round": cpu_round,
+                              "cpu_per_req_median": med(cpu_round)}
+    foreign = [r[c]["foreign_util_on_envoy_cpu"] or 0 for r in rounds for c in CONFIGS]
+    return {"configs": summary, "ratios": ratios,
+            "noise": {"foreign_util_on_envoy_cpu_median": med(foreign),
+                      "foreign_util_on_envoy_cpu_max": max(foreign),
+                      "quiet": max(foreign) < 0.05}}
+
+
+# --------------------------------------------------------------------------- cold start
+
+class TimedProxy(CountingProxy):
+    """The counting proxy, also recording when each call started and how long it took."""
+
+    def __init__(self, backend_port: int):
+        self.timings: list[tuple[float, float, str | None, str | None]] = []
+        super().__init__(backend_port)
+
+    def handle(self, handler):
+        start = time.perf_counter()
+        super().handle(handler)
+        target = handler.headers.get("X-Amz-Target")
+        self.timings.append((start, time.perf_counter(), target, None))
+
+    def reset(self):
+        super().reset()
+        self.timings.clear()
+
+
+def burst(port: int, n: int, t0: float | None = None, timeout: float = 30) -> dict:
+    """n requests on n new connections, sent back to back: each a blocking connect (on
+    loopback the kernel completes the handshake, even before Envoy accepts) then the request,
+    with a non-blocking look for answers between two sends. Times (seconds) are relative to
+    `t0` (default: the burst's start). Returns {"requests": [...], "sent_all": seconds}."""
+    request = b"GET /check HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n"
+    base = time.perf_counter() if t0 is None else t0
+    sel = selectors.DefaultSelector()
+    states = []
+
+    def drain(wait: float):
+        for key, _ in sel.select(timeout=wait):
+            st, sock = key.data, key.fileobj
+            try:
+                data = sock.recv(65536)
+            except BlockingIOError:
+                continue
+            except OSError:
+                data = b""
+            now = time.perf_counter() - base
+            if data:
+                st["buf"] += data
+                if st["end"] is None and _complete(st):
+                    st["end"] = now
+                continue
+            if st["end"] is None:  # closed before a complete answer
+                st["end"] = now
+                st.setdefault("error", "closed early")
+            sel.unregister(sock)
+            sock.close()
+
+    for _ in range(n):
+        start = time.perf_counter()
+        st = {"start": start - base, "end": None, "buf": bytearray(), "status": None,
+              "headers": {}}
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(5)
+            sock.connect((LOCALHOST, port))
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.sendall(request)
+            sock.setblocking(False)
+            sel.register(sock, selectors.EVENT_READ, st)
+        except OSError as e:
+            sock.close()
+            st.update(end=time.perf_counter() - base, error=repr(e))
+        states.append(st)
+        drain(0)
+    sent_all = time.perf_counter() - base
+    deadline = time.monotonic() + timeout
+    while sel.get_map() and time.monotonic() < deadline:
+        drain(0.5)
+    for key in list(sel.get_map().values()):  # timed out
+        key.data.setdefault("error", "no answer")
+        key.data["end"] = key.data["end"] or time.perf_counter() - base
+        key.fileobj.close()
+    sel.close()
+    for st in states:
+        st.pop("buf", None)
+    return {"requests": states, "sent_all": sent_all}
+
+
+def _complete(st: dict) -> bool:
+    """Parse the answer in st["buf"] once headers and Content-Length bytes are in."""
+    head, sep, body = bytes(st["buf"]).partition(b"\r\n\r\n")
+    if not sep:
+        return False
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    if len(body) < int(headers.get("content-length", "0")):
+        return False
+    st["status"], st["headers"] = int(lines[0].split()[1]), headers
+    return True
+
+
+def burst_summary(b: dict, k: int) -> dict:
+    results = b["requests"]
+    lat = sorted(1000 * (r["end"] - r["start"]) for r in results)
+    wrong = 0
+    for r in results:
+        if r["status"] != 200 or any(r["headers"].get(f"x-seen-x-s{i}") != f"cold-value-{i}"
+                                     for i in range(k)):
+            wrong += 1
+    statuses: dict[str, int] = {}
+    for r in results:
+        statuses[str(r["status"])] = statuses.get(str(r["status"]), 0) + 1
+    return {"requests": len(results), "statuses": statuses, "wrong_or_missing_headers": wrong,
+            "first_sent_ms": 1000 * min(r["start"] for r in results),
+            "all_sent_ms": 1000 * b["sent_all"],
+            "all_answered_ms": 1000 * max(r["end"] for r in results),
+            "latency_p50_ms": lat[len(lat) // 2], "latency_p99_ms": lat[int(len(lat) * 0.99)],
+            "latency_max_ms": lat[-1]}
+
+
+def cold_start(workdir: Path, moto: Moto, *, k: int, m: int, upstream_port: int,
+               wasm: Path) -> dict:
+    for i in range(k):
+        moto.put_secret(f"bench/cold/s{i}", {"v": f"cold-value-{i}"})
+    with TimedProxy(moto.port) as proxy:
+        name = f"cold_k{k}"
+        path, listen_port, admin_port = sut_config(name, workdir, upstream_port=upstream_port,
+                                                   proxy=proxy, wasm=wasm)
+        rc, out = validate(path, moto.credentials_env)
+        if rc != 0:
+            raise RuntimeError(f"validate failed:\n{out[-4000:]}")
+        proxy.reset()  # validate runs the filter's on_configure only; start counting now
+        t_start = time.perf_counter()
+        envoy = Envoy(path, listen_port=listen_port, admin_port=admin_port,
+                      env=moto.credentials_env, concurrency=2, log_dir=path.parent)
+        try:
+            t0 = time.perf_counter()  # Envoy ready (admin /ready + listener accepting)
+            cold = burst(listen_port, m, t0)
+            # Counters are published from the filter's 200 ms tick: wait for all M requests.
+            deadline, stats = time.monotonic() + 5, {}
+            while time.monotonic() < deadline:
+                stats = envoy.stats()
+                seen = sum(stats.get(f"wasmcustom.aws_vault.{c}", 0) or 0
+                           for c in ("cache_hits", "cache_misses", "requests_failed"))
+                if seen >= m:
+                    break
+                time.sleep(0.1)
+            calls = proxy.get_secret_value_calls()
+            per_secret: dict[str, int] = {}
+            for c in calls:
+                per_secret[c.secret_id] = per_secret.get(c.secret_id, 0) + 1
+            gsv = [(s - t0, e - s) for s, e, target, _ in proxy.timings
+                   if target == "secretsmanager.GetSecretValue"]
+            warm = burst(listen_port, m)
+            rss = rss_kib(envoy.proc.popen.pid)
+        finally:
+            envoy.stop()
+    cold_s, warm_s = burst_summary(cold, k), burst_summary(warm, k)
+    rtt_max = 1000 * max((d for _, d in gsv), default=0.0)
+    extra = cold_s["latency_max_ms"] - warm_s["latency_max_ms"] - rtt_max
+    first_sent = cold_s["first_sent_ms"]
+    metric = lambda n: stats.get(f"wasmcustom.aws_vault.{n}")  # noqa: E731
+    return {
+        "k_secrets": k, "m_requests": m, "envoy_workers": 2,
+        "envoy_start_to_ready_ms": 1000 * (t0 - t_start),
+        "get_secret_value_calls": len(calls), "calls_per_secret": per_secret,
+        "other_aws_calls": sum(v for t, v in proxy.counts().items()
+                               if t != "secretsmanager.GetSecretValue"),
+        "callouts_ms_after_ready": [round(1000 * s, 1) for s, _ in sorted(gsv)],
+        "aws_round_trip_ms": {"max": rtt_max,
+                              "median": 1000 * statistics.median([d for _, d in gsv])
+                              if gsv else None},
+        # From the first request sent: when the last GetSecretValue was sent, and answered.
+        "last_callout_sent_ms": 1000 * max((s for s, _ in gsv), default=0.0) - first_sent,
+        "secrets_ready_ms": 1000 * max((s + d for s, d in gsv), default=0.0) - first_sent,
+        "cold_burst": cold_s, "warm_burst_same_envoy": warm_s,
+        "extra_wait_ms": extra,
+        "metrics": {n: metric(n) for n in ("cache_misses", "cache_hits", "requests_failed",
+                                           "fetches_started", "fetches_succeeded")},
+        "requests_paused": metric("cache_misses"),
+        "envoy_rss_kib_after": rss,
+    }
+
+
+# --------------------------------------------------------------------------- SigV4 (Rust)
+
+def rust_signing_bench(quick: bool, workdir: Path, cargo_dir: Path = REPO) -> dict:
+    cargo_toml = (cargo_dir / "Cargo.toml").read_text()
+    if not re.search(r'\[\[bench\]\]\s*\n\s*name\s*=\s*"sigv4"', cargo_toml):
+        return {"skipped": "Cargo.toml has no [[bench]] sigv4 section (see bench/README.md)"}
+    argv = ["cargo", "bench", "--bench", "sigv4", "--"]
+    if quick:
+        argv += ["--warm-up-time", "0.2", "--measurement-time", "0.5", "--sample-size", "10"]
+    log(" ".join(argv))
+    started = time.time()
+    # With crate-type cdylib+rlib and panic="abort" in [profile.release], `cargo bench` builds
+    # the library twice (abort and unwind) to the same file name (cargo issue #6313) and the
+    # bench may link the wrong one ("requires panic strategy abort"). Benchmarks unwind anyway.
+    env = {**os.environ, "CARGO_PROFILE_RELEASE_PANIC": "unwind"}
+    out = subprocess.run(argv, check=False, cwd=cargo_dir, capture_output=True, text=True, env=env)
+    (workdir / "cargo-bench.log").write_text(out.stdout + out.stderr)
+    if out.returncode != 0:
+        raise RuntimeError(f"cargo bench failed:\n{(out.stdout + out.stderr)[-4000:]}")
+    target = Path(os.environ.get("CARGO_TARGET_DIR", cargo_dir / "target"))
+    results = {}
+    for est in sorted((target / "criterion" / "sigv4").glob("*/new/estimates.json")):
+        if est.stat().st_mtime < started:
+            continue  # left over from an earlier run of a function no longer benchmarked
+        e = json.loads(est.read_text())
+        results[est.parent.parent.name] = {
+            "median_us": e["median"]["point_estimate"] / 1000,
+            "mean_us": e["mean"]["point_estimate"] / 1000,
+            "mean_ci95_us": [e["mean"]["confidence_interval"]["lower_bound"] / 1000,
+                             e["mean"]["confidence_interval"]["upper_bound"] / 1000]}
+    return {"profile": "bench (inherits release: opt-level z, LTO), native "
+                       f"{platform.machine()}", "functions": results}
+
+
+# --------------------------------------------------------------------------- main
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="short run (noisy): checks the machinery")
+    ap.add_argument("--rounds", type=int, help="interleaved rounds (default 5, quick 2)")
+    ap.add_argument("--duration", type=int, help="seconds per measurement (default 8, quick 2)")
+    ap.add_argument("--warmup", type=int, help="seconds of discarded load per config first")
+    ap.add_argument("--connections", type=int, default=32, help="wrk keep-alive connections")
+    ap.add_argument("--cold-secrets", type=int, default=10)
+    ap.add_argument("--cold-requests", type=int, default=500)
+    ap.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
+    ap.add_argument("--skip-build", action="store_true", help="use build/aws_vault.wasm as is")
+    ap.add_argument("--skip-rust-bench", action="store_true")
+    ap.add_argument("--cargo-dir", type=Path, default=REPO,
+                    help="crate to run `cargo bench --bench sigv4` in (default: this repo)")
+    ap.add_argument("--out", type=Path, help="results JSON (default bench/results.json, "
+                    "quick: bench/results-quick.json); the PNG goes beside it")
+    args = ap.parse_args()
+    rounds = args.rounds or (2 if args.quick else 5)
+    duration = args.duration or (2 if args.quick else 8)
+    warmup = args.warmup if args.warmup is not None else (1 if args.quick else 3)
+    out = args.out or BENCH / ("results-quick.json" if args.quick else "results.json")
+    t_begin = time.monotonic()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)  # the cold burst's sockets
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
+
+    wrk = ensure_wrk()
+    wasm = WASM if args.skip_build else build_wasm()
+    info = machine_info(wrk)
+    ncpu = os.cpu_count() or 1
+    pinned = not args.no_pin and ncpu >= 2
+    cpu_sut = {0} if pinned else None
+    cpu_rest = set(range(1, ncpu)) if pinned else None
+    workdir = Path(tempfile.mkdtemp(prefix="aws-vault-bench-"))
+    log(f"work dir {workdir}; {ncpu} CPUs, pinned={pinned}")
+
+    results = {
+        "quick": args.quick,
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": info,
+        "setup": {
+            "load_generator": f"wrk -t1 -c{args.connections} (keep-alive), GET /",
+            "envoy_under_test": "--concurrency 1" + (", pinned to CPU 0" if pinned else ""),
+            "upstream": "Envoy --concurrency 1, direct_response 200 'ok' (shared by all configs)"
+                        + (f", pinned with wrk to CPUs {sorted(cpu_rest)}" if pinned else ""),
+            "rounds": rounds, "seconds_per_measurement": duration, "warmup_seconds": warmup,
+            "order": "interleaved, rotated each round",
+            "headers": {"native": "authorization (SDS generic secret)",
+                        "wasm_1ref": HEADER_1REF, "wasm_4ref": HEADER_4REF},
+        },
+        "wasm_bytes": wasm.stat().st_size,
+    }
+
+    if args.skip_rust_bench:
+        results["sigv4_native"] = {"skipped": "--skip-rust-bench"}
+    else:
+        results["sigv4_native"] = rust_signing_bench(args.quick, workdir, args.cargo_dir)
+
+    moto = Moto(workdir / "moto")
+    started: list[Envoy] = []
+    try:
+        for name, value in SECRETS.items():
+            moto.put_secret(name, value)
+        env = moto.credentials_env
+        up_port, up_admin = free_port(), free_port()
+        up_path = write_config(upstream_config(up_port, up_admin, ["authorization"] + [
+            f"x-s{i}" for i in range(args.cold_secrets)]), workdir / "upstream")
+        upstream = start_envoy(up_path, up_port, up_admin, {}, 1)
+        started.append(upstream)
+
+        with CountingProxy(moto.port) as proxy:
+            suts: dict[str, Envoy] = {}
+            for name in CONFIGS:
+                path, lp, ap_ = sut_config(name, workdir, upstream_port=up_port, proxy=proxy,
+                                           wasm=wasm)
+                suts[name] = start_envoy(path, lp, ap_, env, 1)
+                started.append(suts[name])
+            # Each config injects the expected header (this also warms the filter's cache).
+            for name, envoy in suts.items():
+                r = envoy.get("/check")
+                seen = r.headers.get("x-seen-authorization")
+                if r.status_code != 200 or (name in EXPECTED and seen != EXPECTED[name]):
+                    raise RuntimeError(f"{name}: {r.status_code}, authorization={seen!r}")
+            fetches_before = len(proxy.get_secret_value_calls())
+            log(f"warm-up {warmup}s per config")
+            for name in CONFIGS:
+                if warmup > 0:
+                    measure(wrk, suts[name], upstream, duration=warmup,
+                            connections=args.connections, cpu_sut=cpu_sut, cpu_rest=cpu_rest)
+            per_round = []
+            for r in range(rounds):
+                order = CONFIGS[r % len(CONFIGS):] + CONFIGS[:r % len(CONFIGS)]
+                row = {}
+                for name in order:
+                    row[name] = measure(wrk, suts[name], upstream, duration=duration,
+                                        connections=args.connections, cpu_sut=cpu_sut,
+                                        cpu_rest=cpu_rest)
+                    log(f"round {r + 1}/{rounds} {name:10s} {row[name]['rps']:9.0f} req/s  "
+                        f"p50 {row[name]['p50_ms']:.2f} ms  p99 {row[name]['p99_ms']:.2f} ms  "
+                        f"{row[name]['envoy_cpu_us_per_req']:.1f} µs CPU/req  "
+                        f"(envoy {row[name]['envoy_cpu_util']:.0%}, foreign "
+                        f"{(row[name]['foreign_util_on_envoy_cpu'] or 0):.0%})")
+                row["order"] = order
+                per_round.append(row)
+            results["warm"] = {"rounds": per_round, **summarize(per_round),
+                               "get_secret_value_calls_during_rounds":
+                                   len(proxy.get_secret_value_calls()) - fetches_before}
+            results["rss_kib_after_load"] = {n: rss_kib(e.proc.popen.pid) for n, e in suts.items()}
+            for name in CONFIGS:
+                suts[name].stop()
+                started.remove(suts[name])
+
+        log(f"cold start: {args.cold_secrets} secrets, {args.cold_requests} requests, 2 workers")
+        results["cold_start"] = cold_start(workdir, moto, k=args.cold_secrets,
+                                           m=args.cold_requests, upstream_port=up_port, wasm=wasm)
+    finally:
+        for e in started:
+            e.stop()
+        moto.stop()
+
+    results["machine"]["loadavg_end"] = os.getloadavg()
+    results["goals"] = goals(results)
+    results["runtime_seconds"] = round(time.monotonic() - t_begin, 1)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    log(f"wrote {out}")
+    from chart import chart  # matplotlib: bench/requirements.txt
+    png = out.with_suffix(".png")
+    chart(results, png)
+    log(f"wrote {png}")
+    print_summary(results)
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+def goals(res: dict) -> dict:
+    ratios = res["warm"]["ratios"]
+    cold = res["cold_start"]
+    rss = res["rss_kib_after_load"]
+    g = {
+        "warm_1ref_vs_none": {"value": ratios["wasm_1ref/none"]["rps_median"],
+                              "goal": f">= {GOALS['warm_vs_none']}"},
+        "warm_4ref_vs_none": {"value": ratios["wasm_4ref/none"]["rps_median"],
+                              "goal": f">= {GOALS['warm_vs_none']}"},
+        "warm_1ref_vs_native": {"value": ratios["wasm_1ref/native"]["rps_median"],
+                                "goal": f">= {GOALS['warm_vs_native']}"},
+        "warm_4ref_vs_native": {"value": ratios["wasm_4ref/native"]["rps_median"],
+                                "goal": f">= {GOALS['warm_vs_native']}"},
+        "cold_one_call_per_secret": {
+            "value": cold["get_secret_value_calls"],
+            "goal": f"== {cold['k_secrets']}, each secret once"},
+        "cold_extra_wait_ms": {
+            "value": cold["extra_wait_ms"],
+            "goal": f"<= {GOALS['cold_extra_wait_ms']} (max cold latency - max warm-burst "
+                    "latency - max AWS round trip)"},
+        "wasm_bytes": {"value": res["wasm_bytes"], "goal": f"<= {GOALS['wasm_max_bytes']}"},
+        "envoy_rss_delta_kib_1ref": {"value": rss["wasm_1ref"]["VmRSS"] - rss["none"]["VmRSS"],
+                                     "goal": "(reported)"},
+    }
+    g["warm_1ref_vs_none"]["met"] = g["warm_1ref_vs_none"]["value"] >= GOALS["warm_vs_none"]
+    g["warm_4ref_vs_none"]["met"] = g["warm_4ref_vs_none"]["value"] >= GOALS["warm_vs_none"]
+    g["warm_1ref_vs_native"]["met"] = g["warm_1ref_vs_native"]["value"] >= GOALS["warm_vs_native"]
+    g["warm_4ref_vs_native"]["met"] = g["warm_4ref_vs_native"]["value"] >= GOALS["warm_vs_native"]
+    g["cold_one_call_per_secret"]["met"] = (
+        cold["get_secret_value_calls"] == cold["k_secrets"]
+        and len(cold["calls_per_secret"]) == cold["k_secrets"]
+        and set(cold["calls_per_secret"].values()) == {1})
+    g["cold_extra_wait_ms"]["met"] = cold["extra_wait_ms"] <= GOALS["cold_extra_wait_ms"]
+    g["wasm_bytes"]["met"] = res["wasm_bytes"] <= GOALS["wasm_max_bytes"]
+    return g
+
+
+def print_summary(res: dict):
+    w = res["warm"]["configs"]
+    print()
+    print(f"{'config':12s} {'req/s':>9s} {'p50 ms':>8s} {'p99 ms':>8s} {'CPU µs/req':>11s}")
+    for c in CONFIGS:
+        s = w[c]
+        print(f"{c:12s} {s['rps_median']:9.0f} {s['p50_ms_median']:8.2f} {s['p99_ms_median']:8.2f}"
+              f" {s['envoy_cpu_us_per_req_median']:11.1f}")
+    print()
+    for k, r in res["warm"]["ratios"].items():
+        print(f"{k:18s} req/s ratio median {r['rps_median']:.3f} "
+              f"[{r['rps_min']:.3f}..{r['rps_max']:.3f}]  "
+              f"CPU/req ratio {r['cpu_per_req_median']:.3f}")
+    n = res["warm"]["noise"]
+    print(f"noise: other processes used {n['foreign_util_on_envoy_cpu_median']:.0%} (median; max "
+          f"{n['foreign_util_on_envoy_cpu_max']:.0%}) of the Envoy's CPU"
+          + ("" if n["quiet"] else "  <- NOT a quiet machine: ratios are unreliable"))
+    c = res["cold_start"]
+    print(f"\ncold start: {c['get_secret_value_calls']} GetSecretValue for "
+          f"{c['k_secrets']} secrets, {c['requests_paused']} paused, "
+          f"all {c['m_requests']} answered in "
+          f"{c['cold_burst']['all_answered_ms']:.0f} ms (warm: "
+          f"{c['warm_burst_same_envoy']['all_answered_ms']:.0f} ms), max latency "
+          f"{c['cold_burst']['latency_max_ms']:.0f} ms, AWS round trip max "
+          f"{c['aws_round_trip_ms']['max']:.0f} ms; secrets all fetched "
+          f"{c['secrets_ready_ms']:.0f} ms after the first request")
+    print(f"wasm {res['wasm_bytes']} bytes; RSS KiB after load: "
+          + ", ".join(f"{n} {v['VmRSS']}" for n, v in res["rss_kib_after_load"].items()))
+    sig = res["sigv4_native"].get("functions", {})
+    if sig:
+        print("sigv4 native: " + ", ".join(f"{n} {v['median_us']:.1f} µs" for n, v in sig.items()))
+    verdict = lambda g: "met" if g.get("met") else "NOT met" if "met" in g else "-"  # noqa: E731
+    print("\ngoals: " + ", ".join(f"{k}={verdict(g)}" for k, g in res["goals"].items()))
+    print(f"runtime {res['runtime_seconds']} s")
+
+
+if __name__ == "__main__":
+    main()
