@@ -36,6 +36,8 @@ pub const MAX_WAITERS: usize = 4096;
 /// How long after its timeout an unanswered callout is given up (Kong <= 3.8
 /// never answers a failed dispatch).
 const CALLOUT_GRACE_MS: u64 = 2_000;
+/// How often the tick refreshes, prefetches and expires lost callouts.
+pub const MAINTENANCE_MS: u64 = 200;
 /// How long one VM may refresh a credentials source before others may.
 const CREDENTIALS_LEASE_MS: u64 = 30_000;
 /// Header values set on a request or response: `(lower-case name, value)`.
@@ -284,6 +286,7 @@ pub struct Engine {
     rng: u64,
     credentials: CredentialSet,
     cred_slots: BTreeMap<Slot, CredSlot>,
+    next_maintenance: u64,
     dirty: bool,
     pub stats: Stats,
 }
@@ -314,6 +317,7 @@ impl Engine {
             rng: seed ^ 0x9e37_79b9_7f4a_7c15,
             credentials: CredentialSet::new(&config.credentials, env),
             cred_slots: BTreeMap::new(),
+            next_maintenance: 0,
             dirty: false,
             stats: Stats::default(),
         };
@@ -901,7 +905,20 @@ impl Engine {
 
     /// Periodic work from the root context: prefetch, refresh, expire lost
     /// callouts, pick up what other VMs fetched, resolve waiters.
+    ///
+    /// The host ticks often (see `host::proxy_wasm`) so that a request
+    /// waiting for a secret another VM fetches resumes soon after it is
+    /// published; the rest of the work runs every [`MAINTENANCE_MS`].
     pub fn on_tick(&mut self, now: u64, store: &mut dyn SharedStore, out: &mut Vec<Action>) {
+        if now < self.next_maintenance {
+            if !self.waiters.is_empty() {
+                // Evaluating waiters picks up what other VMs published.
+                self.dirty = true;
+                self.flush(now, store, Owner::Root, out);
+            }
+            return;
+        }
+        self.next_maintenance = now + MAINTENANCE_MS;
         let lost: Vec<u64> = self
             .fetches
             .iter()

@@ -737,6 +737,7 @@ fn assume_role_credentials_sign_the_secret_fetch() {
     let out = p.answer(0, *id, sts_ok("ASIATEMP", "tok123", "2099-01-01T00:00:00Z"));
     assert!(logs(&out).contains("AWS credentials refreshed"));
     assert!(!logs(&out).contains("TEMPSECRET") && !logs(&out).contains("tok123"));
+    p.now += MAINTENANCE_MS;
     let out = p.tick(0);
     let d = dispatch_of(&out);
     assert_eq!(d.len(), 1, "{}", logs(&out));
@@ -919,4 +920,32 @@ fn temporary_credentials_are_fetched_by_one_vm_and_shared() {
             logs(&o3)
         );
     });
+}
+
+#[test]
+fn waiters_pick_up_another_vms_fetch_on_the_next_short_tick() {
+    let mut p = Proxy::new(HostKind::Envoy, 2, CONFIG);
+    let out0 = p.tick(0); // VM 0 takes the leases and fetches
+    assert!(
+        dispatches(&p.tick(1)).is_empty(),
+        "VM 1's maintenance: nothing to do"
+    );
+    let (d, _) = p.request(1, 9);
+    assert_eq!(d, Decision::Pause);
+    let bodies = dispatch_bodies(&out0);
+    for (id, body) in dispatches(&out0).into_iter().zip(bodies) {
+        let r = if body.contains("prod/api") {
+            ok(r#"{"token":"t","user":"u"}"#)
+        } else {
+            ok("r")
+        };
+        p.answer(0, id, r);
+    }
+    p.now += 25; // a short tick, long before VM 1's next maintenance
+    let out = p.tick(1);
+    assert_eq!(resumed(&out).len(), 1, "{}", logs(&out));
+    assert!(dispatches(&out).is_empty());
+    // Idle short ticks do nothing at all.
+    p.now += 25;
+    assert!(p.tick(1).is_empty());
 }

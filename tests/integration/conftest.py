@@ -68,9 +68,11 @@ def aws(proxy):
 
 @pytest.fixture
 def make_envoy(request, tmp_path, moto, proxy, echo):
-    """make_envoy(plugin_config | None, env=None, wasm=None, concurrency=2, log_level="info").
+    """make_envoy(plugin_config | None, env=None, wasm=None, concurrency=2, log_level="info",
+    clusters={name: port}, env_keys=[...]).
 
-    Envoy gets the moto IAM user's keys in its environment, overridable by `env`.
+    Envoy gets the moto IAM user's keys in its environment, overridable by `env` (a None value
+    unsets). `clusters`/`env_keys`: see harness.envoy_config.
     plugin_config None = no wasm filter. The log is printed when the test failed."""
     started: list[Envoy] = []
 
@@ -94,10 +96,11 @@ def make_envoy(request, tmp_path, moto, proxy, echo):
 
 @pytest.fixture
 def validate_plugin(tmp_path, wasm):
-    """validate_plugin(plugin_config, env=None) -> (exit code, output) of envoy --mode validate."""
-    def run(plugin_config: dict, env: dict | None = None):
+    """validate_plugin(plugin_config, env=None, env_keys=()) -> (exit code, output) of
+    envoy --mode validate."""
+    def run(plugin_config: dict, env: dict | None = None, env_keys=()):
         config = envoy_config(plugin_config, listen_port=10000, admin_port=9901, echo_port=18080,
-                              moto_port=15000, wasm=wasm)
+                              moto_port=15000, wasm=wasm, env_keys=env_keys)
         return validate(write_config(config, tmp_path / "validate"), env)
     return run
 

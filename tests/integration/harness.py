@@ -31,12 +31,20 @@ REPO = Path(__file__).resolve().parents[2]
 WASM = REPO / "build" / "aws_vault.wasm"
 LOCALHOST = "127.0.0.1"
 
-# Environment variables the filter may read; scrubbed from inherited environments so that
-# only what a test passes explicitly reaches Envoy.
+# Environment variables the filter may read (its vm_config.environment_variables.host_env_keys,
+# plus any `env_keys` a test adds); scrubbed from inherited environments so that only what a
+# test passes explicitly reaches Envoy.
 AWS_ENV_KEYS = [
     "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION",
     "AWS_DEFAULT_REGION", "KONG_VAULT_AWS_REGION", "KONG_VAULT_AWS_ASSUME_ROLE_ARN",
     "KONG_VAULT_AWS_ROLE_SESSION_NAME",
+    # credential sources (src/aws/credentials): container, web identity, IMDS, STS
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    "AWS_CONTAINER_AUTHORIZATION_TOKEN", "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+    "AWS_ROLE_ARN", "AWS_ROLE_SESSION_NAME", "AWS_WEB_IDENTITY_TOKEN",
+    "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_EC2_METADATA_DISABLED", "AWS_EC2_METADATA_V1_DISABLED",
+    "AWS_EC2_METADATA_SERVICE_ENDPOINT", "AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE",
+    "AWS_STS_REGIONAL_ENDPOINTS",
 ]
 
 
@@ -104,11 +112,12 @@ def venv_bin(name: str) -> str:
 
 
 def clean_env(extra: dict | None = None) -> dict:
-    """os.environ without AWS_* / KONG_VAULT_AWS_* variables, plus `extra`."""
+    """os.environ without AWS_* / KONG_VAULT_AWS_* variables, plus `extra` (a None value
+    unsets the variable)."""
     env = {k: v for k, v in os.environ.items()
            if k not in AWS_ENV_KEYS and not k.startswith("AWS_")}
     env.update(extra or {})
-    return env
+    return {k: v for k, v in env.items() if v is not None}
 
 
 def _die_with_parent():  # runs in the child between fork and exec
@@ -172,6 +181,13 @@ def send(handler: BaseHTTPRequestHandler, status: int, body: bytes, headers=()):
     handler.wfile.write(body)
 
 
+class _Server(ThreadingHTTPServer):
+    # The default listen backlog (5) drops connections in a burst (200 clients through
+    # Envoy): Envoy then answers 503 after its 1 s connect timeout, which is not the filter.
+    request_queue_size = 1024
+    daemon_threads = True
+
+
 class ThreadedHTTPService:
     """Base for a ThreadingHTTPServer on 127.0.0.1 served from a daemon thread.
 
@@ -191,7 +207,7 @@ class ThreadedHTTPService:
 
             do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _any
 
-        self.server = ThreadingHTTPServer((LOCALHOST, port), Handler)
+        self.server = _Server((LOCALHOST, port), Handler)
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
         self.url = f"http://{LOCALHOST}:{self.port}"
@@ -340,8 +356,10 @@ def _cluster(name: str, port: int) -> dict:
                 {"lb_endpoints": [{"endpoint": {"address": _addr(port)}}]}]}}
 
 
-def wasm_filter(plugin_config: dict, wasm: Path | str = WASM) -> dict:
-    """The envoy.filters.http.wasm entry for the aws_vault plugin (JSON config as StringValue)."""
+def wasm_filter(plugin_config: dict, wasm: Path | str = WASM, env_keys=()) -> dict:
+    """The envoy.filters.http.wasm entry for the aws_vault plugin (JSON config as StringValue).
+
+    The filter sees the variables of AWS_ENV_KEYS and `env_keys` (when Envoy has them)."""
     return {"name": "envoy.filters.http.wasm", "typed_config": {
         "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
         "config": {
@@ -350,14 +368,20 @@ def wasm_filter(plugin_config: dict, wasm: Path | str = WASM) -> dict:
                               "value": json.dumps(plugin_config)},
             "vm_config": {"vm_id": "aws_vault", "runtime": "envoy.wasm.runtime.v8",
                           "code": {"local": {"filename": str(wasm)}},
-                          "environment_variables": {"host_env_keys": AWS_ENV_KEYS}}}}}
+                          "environment_variables": {
+                              "host_env_keys": AWS_ENV_KEYS + list(env_keys)}}}}}
 
 
 def envoy_config(plugin_config: dict | None, *, listen_port: int, admin_port: int,
-                 echo_port: int, moto_port: int, wasm: Path | str = WASM) -> dict:
+                 echo_port: int, moto_port: int, wasm: Path | str = WASM,
+                 clusters: dict[str, int] | None = None, env_keys=()) -> dict:
     """Listener -> (aws_vault filter unless plugin_config is None) -> router -> cluster `echo`;
-    cluster `moto` is what the filter's callouts use (`"upstream": "moto"`)."""
-    http_filters = [] if plugin_config is None else [wasm_filter(plugin_config, wasm)]
+    cluster `moto` is what the filter's callouts use (`"upstream": "moto"`).
+
+    `clusters`: more {name: 127.0.0.1 port} clusters for callouts (a name may be an authority
+    such as "127.0.0.1:8080", the filter's default upstream for a URL). `env_keys`: variables
+    the filter may read besides AWS_ENV_KEYS."""
+    http_filters = [] if plugin_config is None else [wasm_filter(plugin_config, wasm, env_keys)]
     http_filters.append({"name": "envoy.filters.http.router", "typed_config": {
         "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}})
     hcm = {"@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager"
@@ -372,7 +396,8 @@ def envoy_config(plugin_config: dict | None, *, listen_port: int, admin_port: in
             "listeners": [{"name": "ingress", "address": _addr(listen_port), "filter_chains": [
                 {"filters": [{"name": "envoy.filters.network.http_connection_manager",
                               "typed_config": hcm}]}]}],
-            "clusters": [_cluster("echo", echo_port), _cluster("moto", moto_port)]}}
+            "clusters": [_cluster("echo", echo_port), _cluster("moto", moto_port),
+                         *(_cluster(name, port) for name, port in (clusters or {}).items())]}}
 
 
 def write_config(config: dict, directory: Path) -> Path:
@@ -417,10 +442,12 @@ class Envoy:
 
     @classmethod
     def with_plugin(cls, plugin_config: dict | None, *, workdir: Path, echo_port: int,
-                    moto_port: int, wasm: Path | str = WASM, **kwargs) -> "Envoy":
+                    moto_port: int, wasm: Path | str = WASM, clusters: dict | None = None,
+                    env_keys=(), **kwargs) -> "Envoy":
         listen_port, admin_port = free_port(), free_port()
         config = envoy_config(plugin_config, listen_port=listen_port, admin_port=admin_port,
-                              echo_port=echo_port, moto_port=moto_port, wasm=wasm)
+                              echo_port=echo_port, moto_port=moto_port, wasm=wasm,
+                              clusters=clusters, env_keys=env_keys)
         return cls(write_config(config, workdir), listen_port=listen_port, admin_port=admin_port,
                    log_dir=workdir, **kwargs)
 
