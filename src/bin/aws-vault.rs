@@ -1,4 +1,10 @@
 //! `aws-vault check <config.json>` / `aws-vault parse '<reference>'`: see `aws_vault::cli`.
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use std::io::Read;
 
