@@ -849,7 +849,7 @@ fn non_empty(s: &str) -> Result<String, String> {
 }
 
 /// AWS region names: lower-case letters, digits and `-` (e.g. `eu-central-1`).
-fn region(s: &str) -> Result<String, String> {
+pub(crate) fn region(s: &str) -> Result<String, String> {
     let ok = !s.is_empty()
         && s.len() <= 64
         && s.bytes()
@@ -893,7 +893,7 @@ fn timeout_ms(n: f64) -> Result<u32, String> {
 }
 
 /// Config text echoed in messages: control characters replaced, length capped.
-fn printable(s: &str) -> String {
+pub(crate) fn printable(s: &str) -> String {
     s.chars()
         .take(64)
         .map(|c| if c.is_control() { '?' } else { c })

@@ -25,6 +25,7 @@ use serde_json::Value;
 
 use super::{parse_url, Url};
 use crate::aws::secrets_manager::{self, Endpoint};
+use crate::config::{printable, region};
 
 pub const DEFAULT_TIMEOUT_MS: u32 = 5_000;
 pub const DEFAULT_IMDS_TIMEOUT_MS: u32 = 1_000;
@@ -239,25 +240,6 @@ fn upstream(v: &Value) -> Result<String, String> {
         return Err("must not contain control characters".into());
     }
     Ok(s.to_string())
-}
-
-fn region(s: &str) -> Result<String, String> {
-    let ok = !s.is_empty()
-        && s.len() <= 64
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-    if ok {
-        Ok(s.to_string())
-    } else {
-        Err(format!("invalid region '{}'", printable(s)))
-    }
-}
-
-fn printable(s: &str) -> String {
-    s.chars()
-        .take(64)
-        .map(|c| if c.is_control() { '?' } else { c })
-        .collect()
 }
 
 #[cfg(test)]
