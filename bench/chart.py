@@ -14,10 +14,10 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-CONFIGS = ["none", "native", "wasm_1ref", "wasm_4ref"]
+CONFIGS = ["none", "native", "wasm_empty", "wasm_1ref", "wasm_4ref"]
 LABELS = {"none": "no filter", "native": "native\ncredential_injector",
-          "wasm_1ref": "aws_vault\n1 reference", "wasm_4ref": "aws_vault\n4 refs / 2 secrets"}
-COLORS = {"none": "#9e9e9e", "native": "#5c85d6", "wasm_1ref": "#e07b39", "wasm_4ref": "#c0504d"}
+          "wasm_empty": "aws_vault\nnothing to inject", "wasm_1ref": "aws_vault\n1 reference", "wasm_4ref": "aws_vault\n4 refs / 2 secrets"}
+COLORS = {"none": "#9e9e9e", "native": "#5c85d6", "wasm_empty": "#f2c14e", "wasm_1ref": "#e07b39", "wasm_4ref": "#c0504d"}
 
 
 def _ratio_text(res: dict, c: str, key: str) -> str:

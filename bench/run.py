@@ -45,7 +45,7 @@ from counting_proxy import CountingProxy  # noqa: E402
 from harness import (LOCALHOST, WASM, Envoy, Moto, build_wasm, envoy_config,  # noqa: E402
                      free_port, validate, venv_bin, write_config)
 
-CONFIGS = ["none", "native", "wasm_1ref", "wasm_4ref"]
+CONFIGS = ["none", "native", "wasm_empty", "wasm_1ref", "wasm_4ref"]
 TOKEN = "s3cr3t-token-0123456789abcdef"
 SECRETS = {"bench/api": {"token": TOKEN},
            "bench/a": {"user": "alice", "pass": "pa55w0rd-alice"},
@@ -206,7 +206,10 @@ def sut_config(name: str, workdir: Path, *, upstream_port: int, proxy: CountingP
                wasm: Path) -> tuple[Path, int, int]:
     """Bootstrap of one Envoy under test (harness.envoy_config + node + native filter)."""
     plugin = None
-    if name == "wasm_1ref":
+    if name == "wasm_empty":
+        # The filter with nothing to inject: the floor that V8 and proxy-wasm cost.
+        plugin = {"aws": aws_settings(proxy)}
+    elif name == "wasm_1ref":
         plugin = {"aws": aws_settings(proxy), "request_headers": {"authorization": HEADER_1REF}}
     elif name == "wasm_4ref":
         plugin = {"aws": aws_settings(proxy), "request_headers": {"authorization": HEADER_4REF}}
@@ -312,7 +315,8 @@ def summarize(rounds: list[dict]) -> dict:
                                              + summary[c]["foreign_util_median"]) >= 0.9
     ratios = {}
     for a, b in [("wasm_1ref", "none"), ("wasm_4ref", "none"), ("native", "none"),
-                 ("wasm_1ref", "native"), ("wasm_4ref", "native")]:
+                 ("wasm_1ref", "native"), ("wasm_4ref", "native"), ("wasm_empty", "none"),
+                 ("wasm_1ref", "wasm_empty")]:
         per_round = [r[a]["rps"] / r[b]["rps"] for r in rounds]
         cpu_round = [r[a]["envoy_cpu_us_per_req"] / r[b]["envoy_cpu_us_per_req"] for r in rounds]
         ratios[f"{a}/{b}"] = {"rps_per_round": per_round, "rps_median": med(per_round),

@@ -90,6 +90,9 @@ enum Own {
 /// resume or reject aimed at it is reported back rather than done through
 /// the host, since it is still inside its own callback.
 fn execute(actions: Vec<Action>, active: Owner) -> Own {
+    if actions.is_empty() {
+        return Own::Untouched; // the hot path: no host call
+    }
     let mut queue: VecDeque<Action> = actions.into();
     let mut own = Own::Untouched;
     while let Some(action) = queue.pop_front() {
