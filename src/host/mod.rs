@@ -9,6 +9,7 @@ use crate::engine::CalloutResult;
 pub mod fake;
 #[cfg(target_arch = "wasm32")]
 pub mod proxy_wasm;
+pub mod wire;
 
 /// Why a shared-data write was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

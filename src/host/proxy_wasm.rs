@@ -561,7 +561,7 @@ mod abi {
     }
 
     pub fn send_local_response(status: u32, details: &str, body: &[u8], headers: &[(&str, &str)]) {
-        let map = serialize_map(headers);
+        let map = crate::host::wire::serialize_map(headers);
         unsafe {
             proxy_send_local_response(
                 status,
@@ -611,7 +611,7 @@ mod abi {
             return Vec::new();
         }
         let bytes = unsafe { take(data, size) };
-        deserialize_map(&bytes)
+        crate::host::wire::deserialize_map(&bytes)
     }
 
     pub fn define_counter(name: &str) -> Option<u32> {
@@ -635,55 +635,5 @@ mod abi {
             return Vec::new();
         }
         unsafe { take(data, size) }
-    }
-
-    fn serialize_map(map: &[(&str, &str)]) -> Vec<u8> {
-        let mut out = Vec::new();
-        out.extend_from_slice(&(map.len() as u32).to_le_bytes());
-        for (n, v) in map {
-            out.extend_from_slice(&(n.len() as u32).to_le_bytes());
-            out.extend_from_slice(&(v.len() as u32).to_le_bytes());
-        }
-        for (n, v) in map {
-            out.extend_from_slice(n.as_bytes());
-            out.push(0);
-            out.extend_from_slice(v.as_bytes());
-            out.push(0);
-        }
-        out
-    }
-
-    /// proxy-wasm map format: count, (name size, value size) pairs, then
-    /// NUL-terminated names and values. Malformed input yields what parsed.
-    pub(crate) fn deserialize_map(bytes: &[u8]) -> Vec<(String, String)> {
-        let word = |at: usize| -> Option<usize> {
-            let b = bytes.get(at..at.checked_add(4)?)?;
-            Some(u32::from_le_bytes([*b.first()?, *b.get(1)?, *b.get(2)?, *b.get(3)?]) as usize)
-        };
-        let Some(count) = word(0) else {
-            return Vec::new();
-        };
-        let mut out = Vec::new();
-        let mut data = 4usize.saturating_add(count.saturating_mul(8));
-        for i in 0..count {
-            let at = 4 + i * 8;
-            let (Some(n), Some(v)) = (word(at), word(at + 4)) else {
-                break;
-            };
-            let name_end = data.saturating_add(n);
-            let value_start = name_end.saturating_add(1);
-            let value_end = value_start.saturating_add(v);
-            let (Some(name), Some(value)) =
-                (bytes.get(data..name_end), bytes.get(value_start..value_end))
-            else {
-                break;
-            };
-            out.push((
-                String::from_utf8_lossy(name).into_owned(),
-                String::from_utf8_lossy(value).into_owned(),
-            ));
-            data = value_end.saturating_add(1);
-        }
-        out
     }
 }
