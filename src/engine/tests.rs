@@ -949,3 +949,19 @@ fn waiters_pick_up_another_vms_fetch_on_the_next_short_tick() {
     p.now += 25;
     assert!(p.tick(1).is_empty());
 }
+
+#[test]
+fn paused_requests_per_vm_are_bounded() {
+    let mut p = Proxy::new(HostKind::Envoy, 2, CONFIG);
+    p.tick(0); // VM 0 holds the leases and never answers
+    for ctx in 1..=MAX_WAITERS as u32 {
+        assert_eq!(p.request(1, ctx).0, Decision::Pause);
+    }
+    let (d, out) = p.request(1, MAX_WAITERS as u32 + 1);
+    assert_eq!(d, Decision::Reject);
+    assert!(
+        logs(&out).contains("too many paused requests"),
+        "{}",
+        logs(&out)
+    );
+}
