@@ -164,17 +164,7 @@ impl AssumeRole {
         }
         match base.poll(now) {
             Poll::Ready(b) => self.start(&b.credentials, now),
-            Poll::Dispatch {
-                id,
-                upstream,
-                request,
-                timeout_ms,
-            } => Poll::Dispatch {
-                id: base_id(id),
-                upstream,
-                request,
-                timeout_ms,
-            },
+            dispatch @ Poll::Dispatch { .. } => dispatch.map_id(base_id),
             Poll::Pending => self.state.fallback(now),
             Poll::NotConfigured(r) => match self.state.usable(now) {
                 Some(c) => Poll::Ready(c.clone()),
@@ -201,27 +191,16 @@ impl AssumeRole {
             return self.state.fallback(now);
         }
         self.signed_with = Some(base.clone());
-        match self.state.dispatch(
-            Outgoing {
-                upstream: self.upstream.clone(),
-                request,
-                timeout_ms: self.settings.timeout_ms,
-            },
-            now,
-        ) {
-            Poll::Dispatch {
-                id,
-                upstream,
-                request,
-                timeout_ms,
-            } => Poll::Dispatch {
-                id: own_id(id),
-                upstream,
-                request,
-                timeout_ms,
-            },
-            other => other,
-        }
+        self.state
+            .dispatch(
+                Outgoing {
+                    upstream: self.upstream.clone(),
+                    request,
+                    timeout_ms: self.settings.timeout_ms,
+                },
+                now,
+            )
+            .map_id(own_id)
     }
 
     /// Like [`Provider::on_response`]; answers for the base go to `base`.

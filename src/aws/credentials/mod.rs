@@ -187,6 +187,27 @@ pub enum Poll {
     Failed(String),
 }
 
+impl Poll {
+    /// The same step with a `Dispatch` id renamed (wrappers namespace the ids
+    /// of what they wrap).
+    pub fn map_id(self, f: impl FnOnce(u64) -> u64) -> Poll {
+        match self {
+            Poll::Dispatch {
+                id,
+                upstream,
+                request,
+                timeout_ms,
+            } => Poll::Dispatch {
+                id: f(id),
+                upstream,
+                request,
+                timeout_ms,
+            },
+            other => other,
+        }
+    }
+}
+
 /// What an answer did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Update {

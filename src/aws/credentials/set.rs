@@ -106,20 +106,7 @@ impl CredentialSet {
                 None => return Poll::Failed("internal: unknown role slot".into()),
             },
         };
-        match poll {
-            Poll::Dispatch {
-                id,
-                upstream,
-                request,
-                timeout_ms,
-            } => Poll::Dispatch {
-                id: (id << SLOT_BITS) | Self::code(slot),
-                upstream,
-                request,
-                timeout_ms,
-            },
-            other => other,
-        }
+        poll.map_id(|id| (id << SLOT_BITS) | Self::code(slot))
     }
 
     /// A callout answer for an id from [`CredentialSet::poll`].
