@@ -829,7 +829,7 @@ fn object<'a>(value: &'a Value, path: &str) -> Result<&'a Map<String, Value>, St
     }
 }
 
-fn json_type(v: &Value) -> &'static str {
+pub(crate) fn json_type(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",
@@ -881,7 +881,7 @@ fn ttl(n: f64) -> Result<f64, String> {
     }
 }
 
-fn timeout_ms(n: f64) -> Result<u32, String> {
+pub(crate) fn timeout_ms(n: f64) -> Result<u32, String> {
     if n >= 1.0 && n <= f64::from(MAX_TIMEOUT_MS) && n.fract() == 0.0 {
         // In range and integral, so the cast is exact.
         Ok(n as u32)

@@ -25,11 +25,10 @@ use serde_json::Value;
 
 use super::{parse_url, Url};
 use crate::aws::secrets_manager::{self, Endpoint};
-use crate::config::{printable, region};
+use crate::config::{json_type, printable, region, timeout_ms};
 
 pub const DEFAULT_TIMEOUT_MS: u32 = 5_000;
 pub const DEFAULT_IMDS_TIMEOUT_MS: u32 = 1_000;
-pub const MAX_TIMEOUT_MS: u32 = 60_000;
 
 /// Where base credentials come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
@@ -183,17 +182,6 @@ impl CredentialsConfig {
     }
 }
 
-fn json_type(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
-
 fn string(v: &Value) -> Result<&str, String> {
     match v {
         Value::String(s) => Ok(s),
@@ -217,17 +205,9 @@ fn source(s: &str) -> Result<Source, String> {
 }
 
 fn timeout(v: &Value) -> Result<u32, String> {
-    let n = match v {
-        Value::Number(n) => n.as_f64().unwrap_or(f64::NAN),
-        other => return Err(format!("expected a number, got {}", json_type(other))),
-    };
-    if n >= 1.0 && n <= f64::from(MAX_TIMEOUT_MS) && n.fract() == 0.0 {
-        // In range and integral, so the cast is exact.
-        Ok(n as u32)
-    } else {
-        Err(format!(
-            "must be a whole number of milliseconds from 1 to {MAX_TIMEOUT_MS}"
-        ))
+    match v {
+        Value::Number(n) => timeout_ms(n.as_f64().unwrap_or(f64::NAN)),
+        other => Err(format!("expected a number, got {}", json_type(other))),
     }
 }
 
