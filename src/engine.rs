@@ -17,7 +17,7 @@ use std::rc::Rc;
 use std::time::{Duration, SystemTime};
 
 use crate::aws::credentials::assume_role::AssumeRoleSettings;
-use crate::aws::credentials::{CredentialSet, Poll, Slot, Update};
+use crate::aws::credentials::{CredentialSet, Outgoing, Poll, Slot, Update};
 use crate::aws::secrets_manager::{self, ErrorKind, SecretValue};
 use crate::aws::sigv4::{self, Credentials};
 use crate::aws::HttpResponse;
@@ -35,7 +35,7 @@ pub const MAX_SECRETS: usize = 256;
 pub const MAX_WAITERS: usize = 4096;
 /// How long after its timeout an unanswered callout is given up (Kong <= 3.8
 /// never answers a failed dispatch).
-const CALLOUT_GRACE_MS: u64 = 2_000;
+pub(crate) const CALLOUT_GRACE_MS: u64 = 2_000;
 /// How often the tick refreshes, prefetches and expires lost callouts.
 pub const MAINTENANCE_MS: u64 = 200;
 /// How long one VM may refresh a credentials source before others may.
@@ -48,6 +48,29 @@ pub type Headers = Vec<(String, String)>;
 pub enum Owner {
     Root,
     Ctx(u32),
+}
+
+/// How the host lets a paused request go on (see `shared/notes/hosts.md`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Waking {
+    /// Envoy: any callback of the VM may resume or answer any paused request
+    /// (`proxy_set_effective_context` switches to it).
+    #[default]
+    AnyContext,
+    /// Kong (ngx_wasm_module): resuming and answering act on the request whose
+    /// callback is running, so a paused request must own a callout in flight
+    /// whose answer, delivered to it, wakes it.
+    OwnCallbacks,
+}
+
+/// The exact fetch a callout serves: the root context whose engine sent it,
+/// that engine's generation (a root re-configured gets a new one) and the
+/// engine's fetch id. An answer is applied only to this fetch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CallRef {
+    pub root: u32,
+    pub gen: u32,
+    pub fetch: u64,
 }
 
 /// How a callout ended.
@@ -70,7 +93,7 @@ pub enum Level {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
     Dispatch {
-        fetch: u64,
+        call: CallRef,
         upstream: String,
         request: crate::aws::HttpRequest,
         timeout_ms: u32,
@@ -157,6 +180,20 @@ impl Stats {
             out.push((format!("fetches_failed.{reason}"), n));
         }
         out
+    }
+
+    /// Add `other`'s counts to these.
+    pub fn add(&mut self, other: &Stats) {
+        self.cache_hits += other.cache_hits;
+        self.cache_misses += other.cache_misses;
+        self.requests_failed += other.requests_failed;
+        self.stale_served += other.stale_served;
+        self.fetches_started += other.fetches_started;
+        self.refreshes += other.refreshes;
+        self.fetches_succeeded += other.fetches_succeeded;
+        for (mine, theirs) in self.fetches_failed.iter_mut().zip(other.fetches_failed) {
+            *mine += theirs;
+        }
     }
 
     fn failed(&mut self, reason: &str) {
@@ -252,13 +289,20 @@ struct Fetch {
 
 enum FetchKind {
     /// GetSecretValue for a secret, signed with these credentials.
+    /// `leased`: this VM holds the secret's lease for it (the one fetch of
+    /// the proxy); otherwise a paused request's own fetch (Kong waking).
     Secret {
         secret: usize,
         credentials: Credentials,
         retry: bool,
+        leased: bool,
     },
-    /// A credentials provider's callout (its id in the [`CredentialSet`]).
-    Credentials(u64),
+    /// A credentials provider's callout (its id in the [`CredentialSet`]),
+    /// kept to be re-sent as a wake-up.
+    Credentials { id: u64, slot: Slot, sent: Outgoing },
+    /// Kong: a copy of an in-flight credentials callout sent from a paused
+    /// request's own context, only so that its answer wakes that request.
+    WakeUp,
 }
 
 #[derive(Clone)]
@@ -288,6 +332,10 @@ pub struct Engine {
     cred_slots: BTreeMap<Slot, CredSlot>,
     next_maintenance: u64,
     dirty: bool,
+    /// The root context this engine serves and its generation there.
+    root: u32,
+    gen: u32,
+    waking: Waking,
     pub stats: Stats,
 }
 
@@ -319,6 +367,9 @@ impl Engine {
             cred_slots: BTreeMap::new(),
             next_maintenance: 0,
             dirty: false,
+            root: 0,
+            gen: 0,
+            waking: Waking::AnyContext,
             stats: Stats::default(),
         };
         for h in &config.request_headers {
@@ -340,6 +391,28 @@ impl Engine {
             env_keys && matches!(config.credentials.source, Source::Env | Source::Chain);
         engine.cred_slots.insert(Slot::Base, base_slot);
         Ok(engine)
+    }
+
+    /// The same engine serving root context `root`, generation `gen`, on a
+    /// host that wakes paused requests as `waking` says.
+    pub fn serving(mut self, root: u32, gen: u32, waking: Waking) -> Engine {
+        self.root = root;
+        self.gen = gen;
+        self.waking = waking;
+        self
+    }
+
+    /// Generation of this engine in its root context.
+    pub fn generation(&self) -> u32 {
+        self.gen
+    }
+
+    fn call(&self, fetch: u64) -> CallRef {
+        CallRef {
+            root: self.root,
+            gen: self.gen,
+            fetch,
+        }
     }
 
     /// Names of incoming request headers whose references are resolved.
@@ -482,6 +555,37 @@ impl Engine {
         self.waiters.len()
     }
 
+    /// Is an answer for `fetch` still awaited?
+    pub fn awaits(&self, fetch: u64) -> bool {
+        self.fetches.contains_key(&fetch)
+    }
+
+    /// This engine's root is gone: give back the fetch leases it holds (the
+    /// answers will be dropped) and hand over its paused requests, to be failed.
+    pub fn shut_down(&mut self, store: &mut dyn SharedStore) -> Vec<u32> {
+        let leased: Vec<usize> = self
+            .fetches
+            .values()
+            .filter_map(|f| match f.kind {
+                FetchKind::Secret {
+                    secret,
+                    leased: true,
+                    ..
+                } => Some(secret),
+                _ => None,
+            })
+            .collect();
+        for i in leased {
+            self.release_lease(i, store);
+        }
+        let slots: Vec<Slot> = self.cred_slots.keys().copied().collect();
+        for slot in slots {
+            self.release_credentials_lease(slot, store);
+        }
+        self.fetches.clear();
+        std::mem::take(&mut self.waiters).into_keys().collect()
+    }
+
     /// A new request's headers arrived. `incoming`: the request's values of
     /// the [`Engine::trusted_headers`] it carries.
     pub fn on_request(
@@ -520,14 +624,109 @@ impl Engine {
                 self.reject_log(None, &reason, out);
                 Decision::Reject
             }
-            Status::Wait => {
-                self.stats.cache_misses += 1;
-                self.waiters.insert(ctx, Waiter { since: now, extra });
-                Decision::Pause
-            }
+            Status::Wait => match self.wake(ctx, &needs, now, store, out) {
+                Ok(()) => {
+                    self.stats.cache_misses += 1;
+                    self.waiters.insert(ctx, Waiter { since: now, extra });
+                    Decision::Pause
+                }
+                Err(reason) => {
+                    self.reject_log(None, &reason, out);
+                    Decision::Reject
+                }
+            },
         };
         self.flush(now, store, Owner::Ctx(ctx), out);
         decision
+    }
+
+    /// Kong ([`Waking::OwnCallbacks`]): make sure the paused request `ctx`
+    /// owns a callout in flight, whose answer is the only callback that can
+    /// continue it. Its own GetSecretValue for the first secret it lacks
+    /// (published to shared data like any other; the proxy-wide lease is
+    /// taken when free), or, while credentials are being fetched, its own
+    /// step of the provider or a copy of the step in flight. `Err`: nothing
+    /// can be sent, the request is failed rather than left to hang. Envoy
+    /// needs none of this: any callback resumes any request.
+    fn wake(
+        &mut self,
+        ctx: u32,
+        needs: &[usize],
+        now: u64,
+        store: &mut dyn SharedStore,
+        out: &mut Vec<Action>,
+    ) -> Result<(), String> {
+        let owner = Owner::Ctx(ctx);
+        if self.waking == Waking::AnyContext || self.fetches.values().any(|f| f.owner == owner) {
+            return Ok(());
+        }
+        let missing = (0..self.configured)
+            .chain(needs.iter().copied())
+            .find(|&i| {
+                self.secrets
+                    .get(i)
+                    .and_then(|s| s.entry.as_ref())
+                    .and_then(|e| e.usable(now))
+                    .is_none()
+            });
+        let Some(i) = missing else {
+            return Ok(()); // all usable: the caller resumes it
+        };
+        let Some(slot) = self.secrets.get(i).map(|s| s.slot) else {
+            return Err("internal: unknown secret".into());
+        };
+        match self.poll_credentials(slot, now, store, owner, true, out) {
+            Ok(Some(credentials)) => {
+                let leased = self.take_lease(i, now, store);
+                if self.dispatch_secret(i, credentials, now, store, owner, leased, out) {
+                    return Ok(());
+                }
+                // Signing failed (recorded): the request fails with it.
+                let reason = self
+                    .secrets
+                    .get(i)
+                    .and_then(|s| s.entry.as_ref())
+                    .and_then(|e| e.error.clone())
+                    .unwrap_or_else(|| "fetch failed".into());
+                Err(format!("{}: {reason}", self.describe(i)))
+            }
+            Ok(None) if self.fetches.values().any(|f| f.owner == owner) => Ok(()),
+            Ok(None) => {
+                let resend = self.fetches.values().find_map(|f| match &f.kind {
+                    FetchKind::Credentials { slot: s, sent, .. } if *s == slot => {
+                        Some(sent.clone())
+                    }
+                    _ => None,
+                });
+                let Some(sent) = resend else {
+                    return Err(format!(
+                        "{}: waiting for AWS credentials with no callout to wait on",
+                        self.describe(i)
+                    ));
+                };
+                let id = self.next_fetch;
+                self.next_fetch += 1;
+                self.fetches.insert(
+                    id,
+                    Fetch {
+                        kind: FetchKind::WakeUp,
+                        owner,
+                        deadline: now + u64::from(sent.timeout_ms) + CALLOUT_GRACE_MS,
+                    },
+                );
+                out.push(Action::Dispatch {
+                    call: self.call(id),
+                    upstream: sent.upstream,
+                    request: sent.request,
+                    timeout_ms: sent.timeout_ms,
+                });
+                Ok(())
+            }
+            Err(why) => {
+                self.stats.failed("credentials");
+                Err(format!("{}: no AWS credentials: {why}", self.describe(i)))
+            }
+        }
     }
 
     /// Compile the templates found in trusted incoming headers.
@@ -536,6 +735,19 @@ impl Engine {
         incoming: &[(&str, &str)],
     ) -> Result<Vec<CompiledHeader>, String> {
         let mut extra = Vec::new();
+        for (k, (name, _)) in incoming.iter().enumerate() {
+            let again = incoming
+                .iter()
+                .skip(k + 1)
+                .any(|(other, _)| other.eq_ignore_ascii_case(name));
+            if again {
+                // Which value would the upstream see? Refuse rather than guess.
+                return Err(format!(
+                    "incoming header {} was sent more than once",
+                    crate::text::quoted(&name.to_ascii_lowercase())
+                ));
+            }
+        }
         for (name, value) in incoming {
             let name = name.to_ascii_lowercase();
             let template = crate::template::parse(value)
@@ -587,7 +799,8 @@ impl Engine {
             return; // already given up on (expired by the tick)
         };
         match f.kind {
-            FetchKind::Credentials(id) => {
+            FetchKind::WakeUp => self.dirty = true,
+            FetchKind::Credentials { id, .. } => {
                 let result = match result {
                     CalloutResult::Response(r) => Ok(r),
                     CalloutResult::Failed(why) => Err(why),
@@ -611,7 +824,21 @@ impl Engine {
                 secret,
                 credentials,
                 retry,
-            } => self.secret_answer(secret, credentials, retry, result, now, store, out),
+                leased,
+            } => {
+                if leased {
+                    if let Some(s) = self.secrets.get_mut(secret) {
+                        s.fetch = None;
+                    }
+                }
+                self.secret_answer(secret, credentials, retry, result, now, store, out);
+                if leased {
+                    // Released only after the outcome is published, so that a
+                    // VM taking the lease next finds the result instead of
+                    // fetching again.
+                    self.release_lease(secret, store);
+                }
+            }
         }
         self.flush(now, store, active, out);
     }
@@ -627,19 +854,18 @@ impl Engine {
         store: &mut dyn SharedStore,
         out: &mut Vec<Action>,
     ) {
-        let Some(secret) = self.secrets.get_mut(i) else {
+        let Some(secret) = self.secrets.get(i) else {
             return;
         };
-        secret.fetch = None;
-        // Released only after the outcome is published, so that a VM taking
-        // the lease next finds the result instead of fetching again.
-        let lease_key = secret.lease_key.clone();
         let slot = secret.slot;
         let outcome = match result {
             CalloutResult::Failed(reason) => {
                 Err((format!("callout failed: {reason}"), false, "callout"))
             }
-            CalloutResult::Response(resp) => match secrets_manager::parse_get_secret_value(&resp) {
+            CalloutResult::Response(resp) => match secrets_manager::parse_get_secret_value_of(
+                &resp,
+                &secret.target.secret_id,
+            ) {
                 Ok(SecretValue::String(value)) => Ok(value),
                 Ok(SecretValue::Binary(_)) => Err((
                     "the secret holds SecretBinary, not SecretString (not supported, as in Kong)"
@@ -663,7 +889,6 @@ impl Engine {
                     if let Some(s) = self.secrets.get_mut(i) {
                         s.retrying = true;
                     }
-                    Lease::release(store, &lease_key, self.holder);
                     self.dirty = true;
                     return;
                 }
@@ -680,7 +905,6 @@ impl Engine {
                 self.record_failure(i, reason, cacheable, now, store, out)
             }
         }
-        Lease::release(store, &lease_key, self.holder);
     }
 
     /// Poll every credentials slot, dispatching what providers ask for:
@@ -696,7 +920,7 @@ impl Engine {
         for slot in slots {
             // Failures are logged when the provider reports them; a fetch
             // that needs these credentials records its own.
-            let _ = self.poll_credentials(slot, now, store, owner, out);
+            let _ = self.poll_credentials(slot, now, store, owner, false, out);
         }
     }
 
@@ -743,12 +967,15 @@ impl Engine {
     /// Temporary credentials come from shared data while fresh; when a
     /// refresh is due, the VM holding the slot's lease asks its provider and
     /// publishes the result, the others keep using the valid ones meanwhile.
+    /// `force`: ask the provider even if another VM holds the slot's lease
+    /// (a Kong request that must own the callout it waits on).
     fn poll_credentials(
         &mut self,
         slot: Slot,
         now: u64,
         store: &mut dyn SharedStore,
         owner: Owner,
+        force: bool,
         out: &mut Vec<Action>,
     ) -> Result<Option<Credentials>, String> {
         let is_static = self.cred_slots.get(&slot).is_none_or(|c| c.is_static);
@@ -763,7 +990,7 @@ impl Engine {
             let held = lease_key
                 .as_deref()
                 .is_some_and(|k| Lease::acquire(store, k, self.holder, now, lease_until));
-            if !held {
+            if !held && !force {
                 return Ok(meanwhile); // another VM is refreshing them
             }
         }
@@ -788,16 +1015,21 @@ impl Engine {
                 } => {
                     let fetch = self.next_fetch;
                     self.next_fetch += 1;
+                    let sent = Outgoing {
+                        upstream: upstream.clone(),
+                        request: request.clone(),
+                        timeout_ms,
+                    };
                     self.fetches.insert(
                         fetch,
                         Fetch {
-                            kind: FetchKind::Credentials(id),
+                            kind: FetchKind::Credentials { id, slot, sent },
                             owner,
                             deadline: now + u64::from(timeout_ms) + CALLOUT_GRACE_MS,
                         },
                     );
                     out.push(Action::Dispatch {
-                        fetch,
+                        call: self.call(fetch),
                         upstream,
                         request,
                         timeout_ms,
@@ -888,17 +1120,21 @@ impl Engine {
         for id in orphaned {
             // Credentials callouts stay: their providers give up on them
             // after their timeout and try again.
-            if let Some(Fetch {
-                kind: FetchKind::Secret { secret, .. },
-                ..
-            }) = self.fetches.get(&id)
-            {
-                let secret = *secret;
-                self.fetches.remove(&id);
-                if let Some(s) = self.secrets.get_mut(secret) {
-                    s.fetch = None;
-                    Lease::release(store, &s.lease_key, self.holder);
+            match self.fetches.get(&id).map(|f| &f.kind) {
+                Some(FetchKind::Secret { secret, leased, .. }) => {
+                    let (secret, leased) = (*secret, *leased);
+                    self.fetches.remove(&id);
+                    if leased {
+                        if let Some(s) = self.secrets.get_mut(secret) {
+                            s.fetch = None;
+                        }
+                        self.release_lease(secret, store);
+                    }
                 }
+                Some(FetchKind::WakeUp) => {
+                    self.fetches.remove(&id);
+                }
+                Some(FetchKind::Credentials { .. }) | None => {}
             }
         }
     }
@@ -911,7 +1147,7 @@ impl Engine {
     /// published; the rest of the work runs every [`MAINTENANCE_MS`].
     pub fn on_tick(&mut self, now: u64, store: &mut dyn SharedStore, out: &mut Vec<Action>) {
         if now < self.next_maintenance {
-            if !self.waiters.is_empty() {
+            if !self.waiters.is_empty() && self.waking == Waking::AnyContext {
                 // Evaluating waiters picks up what other VMs published.
                 self.dirty = true;
                 self.flush(now, store, Owner::Root, out);
@@ -926,22 +1162,34 @@ impl Engine {
             .map(|(id, _)| *id)
             .collect();
         for id in lost {
-            let Some(Fetch {
-                kind: FetchKind::Secret { secret, .. },
-                ..
-            }) = self.fetches.remove(&id)
-            else {
-                continue; // credentials: the provider expires its own callouts
-            };
-            let Some(s) = self.secrets.get_mut(secret) else {
-                continue;
-            };
-            s.fetch = None;
-            let lease_key = s.lease_key.clone();
-            let reason = "callout lost: no answer before its timeout".to_string();
-            self.stats.failed("callout");
-            self.record_failure(secret, reason, false, now, store, out);
-            Lease::release(store, &lease_key, self.holder);
+            match self.fetches.get(&id).map(|f| &f.kind) {
+                Some(FetchKind::Secret {
+                    secret,
+                    leased: true,
+                    ..
+                }) => {
+                    let secret = *secret;
+                    self.fetches.remove(&id);
+                    if let Some(s) = self.secrets.get_mut(secret) {
+                        s.fetch = None;
+                    }
+                    let reason = "callout lost: no answer before its timeout".to_string();
+                    self.stats.failed("callout");
+                    self.record_failure(secret, reason, false, now, store, out);
+                    self.release_lease(secret, store);
+                }
+                // A request's own fetch or wake-up: its answer is the only
+                // thing that can continue it, forget it only when it is gone.
+                Some(FetchKind::Secret { .. } | FetchKind::WakeUp) => {
+                    if let Some(Owner::Ctx(c)) = self.fetches.get(&id).map(|f| f.owner) {
+                        if !self.waiters.contains_key(&c) {
+                            self.fetches.remove(&id);
+                        }
+                    }
+                }
+                // The provider expires its own callouts.
+                Some(FetchKind::Credentials { .. }) | None => {}
+            }
         }
         self.drive_credentials(now, store, Owner::Root, out);
         for i in 0..self.secrets.len() {
@@ -1016,6 +1264,10 @@ impl Engine {
                 let reason = e.error.clone().unwrap_or_else(|| "fetch failed".into());
                 return Status::Failed(format!("{}: {reason}", self.describe(i)));
             }
+        }
+        if self.waking == Waking::OwnCallbacks && owner != Owner::Root {
+            // Kong: the request sends its own callout (`wake`), one at a time.
+            return Status::Wait;
         }
         if !self.start_fetch(i, now, store, owner, out) {
             // Another VM holds the lease (its result arrives via shared
@@ -1111,7 +1363,7 @@ impl Engine {
             return false;
         };
         // Credentials first: this VM's own, no lease needed to get them.
-        let credentials = match self.poll_credentials(slot, now, store, owner, out) {
+        let credentials = match self.poll_credentials(slot, now, store, owner, false, out) {
             Ok(Some(c)) => c,
             Ok(None) => return false, // being fetched; re-evaluated when they arrive
             Err(why) => {
@@ -1121,17 +1373,11 @@ impl Engine {
                 return false;
             }
         };
-        let Some(s) = self.secrets.get(i) else {
-            return false;
-        };
-        let t = &s.target;
-        let deadline = now + u64::from(t.timeout_ms) + CALLOUT_GRACE_MS;
-        if !Lease::acquire(store, &s.lease_key, self.holder, now, deadline) {
+        if !self.take_lease(i, now, store) {
             return false;
         }
         // Another VM may have published between our look at shared data and
         // taking the lease: fetch only if it is still due.
-        let lease_key = s.lease_key.clone();
         self.sync(i, store);
         let due = self.secrets.get(i).is_some_and(|s| {
             s.entry
@@ -1139,13 +1385,46 @@ impl Engine {
                 .is_none_or(|e| e.expired(now) && now >= e.retry_at)
         });
         if !due {
-            Lease::release(store, &lease_key, self.holder);
+            self.release_lease(i, store);
             return false;
         }
+        self.dispatch_secret(i, credentials, now, store, owner, true, out)
+    }
+
+    /// Take secret `i`'s proxy-wide fetch lease, for as long as a fetch may take.
+    fn take_lease(&mut self, i: usize, now: u64, store: &mut dyn SharedStore) -> bool {
+        let Some(s) = self.secrets.get(i) else {
+            return false;
+        };
+        let until = now + u64::from(s.target.timeout_ms) + CALLOUT_GRACE_MS;
+        Lease::acquire(store, &s.lease_key, self.holder, now, until)
+    }
+
+    fn release_lease(&mut self, i: usize, store: &mut dyn SharedStore) {
+        if let Some(s) = self.secrets.get(i) {
+            Lease::release(store, &s.lease_key, self.holder);
+        }
+    }
+
+    /// Sign and send GetSecretValue for secret `i`. `leased`: under the
+    /// secret's lease (released when the answer is published). False when
+    /// signing failed (failure recorded).
+    #[allow(clippy::too_many_arguments)]
+    fn dispatch_secret(
+        &mut self,
+        i: usize,
+        credentials: Credentials,
+        now: u64,
+        store: &mut dyn SharedStore,
+        owner: Owner,
+        leased: bool,
+        out: &mut Vec<Action>,
+    ) -> bool {
         let Some(s) = self.secrets.get(i) else {
             return false;
         };
         let t = &s.target;
+        let deadline = now + u64::from(t.timeout_ms) + CALLOUT_GRACE_MS;
         let mut request =
             secrets_manager::get_secret_value_request(&t.endpoint, &t.secret_id, t.stage);
         let time = SystemTime::UNIX_EPOCH + Duration::from_millis(now);
@@ -1157,12 +1436,13 @@ impl Engine {
             time,
         )
         .map_err(|e| format!("signing failed: {e}"));
-        let (upstream, timeout_ms, lease_key) =
-            (t.upstream.clone(), t.timeout_ms, s.lease_key.clone());
+        let (upstream, timeout_ms) = (t.upstream.clone(), t.timeout_ms);
         if let Err(reason) = signed {
             self.stats.failed("credentials");
             self.record_failure(i, reason, false, now, store, out);
-            Lease::release(store, &lease_key, self.holder);
+            if leased {
+                self.release_lease(i, store);
+            }
             return false;
         }
         let id = self.next_fetch;
@@ -1175,13 +1455,16 @@ impl Engine {
                     secret: i,
                     credentials,
                     retry,
+                    leased,
                 },
                 owner,
                 deadline,
             },
         );
         if let Some(s) = self.secrets.get_mut(i) {
-            s.fetch = Some(id);
+            if leased {
+                s.fetch = Some(id);
+            }
             s.retrying = false;
         }
         self.stats.fetches_started += 1;
@@ -1198,7 +1481,7 @@ impl Engine {
             message: format!("fetching {} via upstream '{upstream}'", self.describe(i)),
         });
         out.push(Action::Dispatch {
-            fetch: id,
+            call: self.call(id),
             upstream,
             request,
             timeout_ms,
@@ -1294,11 +1577,18 @@ impl Engine {
                 return;
             }
             self.dirty = false;
-            if self.waiters.is_empty() {
+            // Kong: only the request whose callback this is can be continued.
+            let ids: Vec<u32> = match (self.waking, owner) {
+                (Waking::AnyContext, _) => self.waiters.keys().copied().collect(),
+                (Waking::OwnCallbacks, Owner::Ctx(c)) if self.waiters.contains_key(&c) => {
+                    vec![c]
+                }
+                (Waking::OwnCallbacks, _) => Vec::new(),
+            };
+            if ids.is_empty() {
                 return;
             }
             let configured = self.evaluate(&[], now, store, owner, out);
-            let ids: Vec<u32> = self.waiters.keys().copied().collect();
             for ctx in ids {
                 let Some(waiter) = self.waiters.remove(&ctx) else {
                     continue;
@@ -1315,7 +1605,13 @@ impl Engine {
                         self.reject_log(Some(ctx), "timed out waiting for secrets", out);
                     }
                     Status::Wait => {
-                        self.waiters.insert(ctx, waiter);
+                        let needs = self.extra_secrets(&waiter.extra);
+                        match self.wake(ctx, &needs, now, store, out) {
+                            Ok(()) => {
+                                self.waiters.insert(ctx, waiter);
+                            }
+                            Err(reason) => self.reject_log(Some(ctx), &reason, out),
+                        }
                     }
                     Status::Usable => match self.render_with(&waiter.extra) {
                         Ok(headers) => out.push(Action::Resume { ctx, headers }),
@@ -1481,6 +1777,8 @@ fn header_safe(value: String) -> Result<String, String> {
     }
     Ok(value)
 }
+
+pub mod vm;
 
 #[cfg(test)]
 mod tests;

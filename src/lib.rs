@@ -9,6 +9,7 @@
 //! - [`cache`]: shared-data entry format, leases, backoff
 //! - [`engine`]: the state machine (events in, actions out)
 //! - [`host`]: the host boundary; `host::proxy_wasm` is the only proxy-wasm user
+//! - [`text`]: outside text made safe for log lines
 //! - [`cli`]: the native `aws-vault` command's logic
 #![cfg_attr(
     not(test),
@@ -28,3 +29,4 @@ pub mod engine;
 pub mod host;
 pub mod reference;
 pub mod template;
+pub mod text;

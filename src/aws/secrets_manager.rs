@@ -319,6 +319,39 @@ const MALFORMED_CODE: &str = "MalformedResponse";
 /// (string) or `SecretBinary` (base64 string). Any content type is accepted
 /// and unknown fields are ignored. Everything else is an [`AwsError`].
 pub fn parse_get_secret_value(resp: &super::HttpResponse) -> Result<SecretValue, AwsError> {
+    parse_answer(resp, None)
+}
+
+/// [`parse_get_secret_value`] for the request that asked for `secret_id`: an
+/// answer whose `Name` or `ARN` does not name that secret is refused as
+/// malformed, so one secret's value can never be taken for another's.
+pub fn parse_get_secret_value_of(
+    resp: &super::HttpResponse,
+    secret_id: &str,
+) -> Result<SecretValue, AwsError> {
+    parse_answer(resp, Some(secret_id))
+}
+
+/// Does an answer's `Name`/`ARN` name the secret asked for as `id` (a name,
+/// a full ARN, or a partial ARN: the full one without its `-` and six
+/// random characters)?
+pub fn names_secret(id: &str, name: Option<&str>, arn: Option<&str>) -> bool {
+    if name == Some(id) || arn == Some(id) {
+        return true;
+    }
+    let Some(arn) = arn else { return false };
+    id.starts_with("arn:")
+        && arn.strip_prefix(id).is_some_and(|rest| {
+            rest.len() == 7
+                && rest.starts_with('-')
+                && rest.bytes().skip(1).all(|b| b.is_ascii_alphanumeric())
+        })
+}
+
+fn parse_answer(
+    resp: &super::HttpResponse,
+    secret_id: Option<&str>,
+) -> Result<SecretValue, AwsError> {
     if !(200..300).contains(&resp.status) {
         return Err(parse_error(resp));
     }
@@ -338,6 +371,14 @@ pub fn parse_get_secret_value(resp: &super::HttpResponse) -> Result<SecretValue,
     let Value::Object(mut fields) = value else {
         return Err(malformed("response is not a JSON object"));
     };
+    if let Some(id) = secret_id {
+        let text = |k: &str| fields.get(k).and_then(Value::as_str);
+        if !names_secret(id, text("Name"), text("ARN")) {
+            return Err(malformed(
+                "the answer's Name/ARN do not name the secret asked for",
+            ));
+        }
+    }
     match fields.remove("SecretString") {
         None | Some(Value::Null) => {}
         Some(Value::String(s)) => return Ok(SecretValue::String(s)),

@@ -30,13 +30,34 @@ fn no_credentials(name: &str) -> Option<String> {
     (name == "AWS_EC2_METADATA_DISABLED").then(|| "true".into())
 }
 
+/// A GetSecretValue answer; `Name` "*" is replaced by the SecretId asked for
+/// ([`named`]) when answered through [`Proxy::answer`].
 fn ok(secret_string: &str) -> CalloutResult {
-    let body = serde_json::json!({"ARN": "arn", "Name": "n", "SecretString": secret_string});
+    let body = serde_json::json!({"ARN": "arn", "Name": "*", "SecretString": secret_string});
     CalloutResult::Response(HttpResponse {
         status: 200,
         headers: vec![],
         body: body.to_string().into_bytes(),
     })
+}
+
+/// `result` with `"Name":"*"` replaced by the SecretId that fetch `fetch` asked for.
+fn named(engine: &Engine, fetch: u64, result: CalloutResult) -> CalloutResult {
+    let id = match engine.fetches.get(&fetch).map(|f| &f.kind) {
+        Some(FetchKind::Secret { secret, .. }) => engine.secrets[*secret].target.secret_id.clone(),
+        _ => return result,
+    };
+    match result {
+        CalloutResult::Response(mut r) => {
+            let body = String::from_utf8(r.body.clone()).unwrap();
+            let name = serde_json::to_string(&id).unwrap();
+            r.body = body
+                .replace(r#""Name":"*""#, &format!(r#""Name":{name}"#))
+                .into_bytes();
+            CalloutResult::Response(r)
+        }
+        other => other,
+    }
 }
 
 fn aws_error(status: u16, code: &str) -> CalloutResult {
@@ -80,6 +101,7 @@ impl Proxy {
 
     fn answer(&mut self, vm: usize, fetch: u64, result: CalloutResult) -> Vec<Action> {
         let mut out = Vec::new();
+        let result = named(&self.vms[vm], fetch, result);
         self.vms[vm].on_callout(
             fetch,
             result,
@@ -105,7 +127,7 @@ fn dispatches(actions: &[Action]) -> Vec<u64> {
     actions
         .iter()
         .filter_map(|a| match a {
-            Action::Dispatch { fetch, .. } => Some(*fetch),
+            Action::Dispatch { call, .. } => Some(call.fetch),
             _ => None,
         })
         .collect()
@@ -695,11 +717,11 @@ fn dispatch_of(actions: &[Action]) -> Vec<(u64, String, crate::aws::HttpRequest)
         .iter()
         .filter_map(|a| match a {
             Action::Dispatch {
-                fetch,
+                call,
                 upstream,
                 request,
                 ..
-            } => Some((*fetch, upstream.clone(), request.clone())),
+            } => Some((call.fetch, upstream.clone(), request.clone())),
             _ => None,
         })
         .collect()

@@ -1,10 +1,16 @@
 //! The host boundary. The engine sees the host only through [`SharedStore`]
-//! (a synchronous key-value map) and the [`crate::engine::Action`]s it returns.
-//! `proxy_wasm` is the real host shell; `fake` models Envoy's and Kong's
-//! differing semantics for native tests.
+//! (a synchronous key-value map) and the [`crate::engine::Action`]s it returns;
+//! [`execute`] carries those out through [`Host`], the few host calls they
+//! need. `proxy_wasm` is the real host shell; `fake` models Envoy's and
+//! Kong's differing semantics for native tests, running the same [`execute`].
 
-use crate::aws::HttpResponse;
-use crate::engine::CalloutResult;
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::rc::Rc;
+
+use crate::aws::{HttpRequest, HttpResponse};
+use crate::engine::vm::Vm;
+use crate::engine::{Action, CalloutResult, Level, Owner, Rendered, Waking};
 
 pub mod fake;
 #[cfg(target_arch = "wasm32")]
@@ -27,6 +33,115 @@ pub enum StoreError {
 pub trait SharedStore {
     fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>);
     fn set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), StoreError>;
+}
+
+/// The host calls behind [`Action`]s. Each acts on the context whose
+/// callback is running, or (Envoy) on the one made effective with
+/// [`Host::set_effective_context`].
+pub trait Host: SharedStore {
+    fn log(&mut self, level: Level, message: &str);
+    /// Send a callout from the running context: the host's token for it.
+    fn dispatch(
+        &mut self,
+        upstream: &str,
+        request: &HttpRequest,
+        timeout_ms: u32,
+    ) -> Result<u32, String>;
+    /// Make `ctx` the context later calls act on; false when it is gone.
+    fn set_effective_context(&mut self, ctx: u32) -> bool;
+    /// Set the paused request's headers, keep the response headers for its
+    /// response, and let it continue.
+    fn resume(&mut self, ctx: u32, headers: &Rc<Rendered>);
+    /// Answer the paused request with a 503.
+    fn reject(&mut self);
+}
+
+/// What happened, while actions ran, to the request whose callback is
+/// running: it is told rather than acted on through the host, since it
+/// continues (or not) by what its own callback returns.
+#[derive(Debug, Default, PartialEq)]
+pub enum Own {
+    #[default]
+    Untouched,
+    Resumed(Rc<Rendered>),
+    Rejected,
+}
+
+/// Carry out `actions` from within `active`'s callback at `now`. `vm` is
+/// borrowed only between host calls (a host call may re-enter the filter).
+pub fn execute<H: Host>(
+    vm: &RefCell<Vm>,
+    host: &mut H,
+    actions: Vec<Action>,
+    active: Owner,
+    now: u64,
+) -> Own {
+    if actions.is_empty() {
+        return Own::Untouched; // the hot path: no host call
+    }
+    let waking = vm.try_borrow().map_or(Waking::OwnCallbacks, |v| v.waking());
+    let mut queue: VecDeque<Action> = actions.into();
+    let mut own = Own::Untouched;
+    let mut switched = false;
+    while let Some(action) = queue.pop_front() {
+        match action {
+            Action::Log { level, message } => host.log(level, &crate::text::log_line(&message)),
+            Action::Dispatch {
+                call,
+                upstream,
+                request,
+                timeout_ms,
+            } => match host.dispatch(&upstream, &request, timeout_ms) {
+                Ok(token) => {
+                    if let Ok(mut vm) = vm.try_borrow_mut() {
+                        vm.on_dispatched(token, call, active, timeout_ms, now);
+                    }
+                }
+                Err(why) => {
+                    let reason = format!(
+                        "dispatch to upstream '{}' refused ({why}): in Envoy, is there a cluster with that name?",
+                        crate::text::quoted(&upstream)
+                    );
+                    let mut out = Vec::new();
+                    if let Ok(mut vm) = vm.try_borrow_mut() {
+                        vm.on_dispatch_failed(call, reason, now, host, active, &mut out);
+                    }
+                    queue.extend(out);
+                }
+            },
+            Action::Resume { ctx, headers } => {
+                if active == Owner::Ctx(ctx) {
+                    own = Own::Resumed(headers);
+                } else if waking == Waking::AnyContext {
+                    switched = true;
+                    if host.set_effective_context(ctx) {
+                        host.resume(ctx, &headers);
+                    }
+                } else {
+                    // Kong would act on the running request instead.
+                    host.log(Level::Error, "internal: refused to resume another request");
+                }
+            }
+            Action::Reject { ctx } => {
+                if active == Owner::Ctx(ctx) {
+                    own = Own::Rejected;
+                } else if waking == Waking::AnyContext {
+                    switched = true;
+                    if host.set_effective_context(ctx) {
+                        host.reject();
+                    }
+                } else {
+                    host.log(Level::Error, "internal: refused to answer another request");
+                }
+            }
+        }
+    }
+    if switched {
+        if let Owner::Ctx(ctx) = active {
+            host.set_effective_context(ctx);
+        }
+    }
+    own
 }
 
 /// A callout's answer as the host reported it -> [`CalloutResult`]. Envoy

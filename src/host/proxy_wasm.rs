@@ -1,5 +1,11 @@
 //! The host shell: the only code that talks to proxy-wasm. It turns host
-//! callbacks into engine events and carries out the engine's actions.
+//! callbacks into [`Vm`] events and carries out the actions through
+//! [`super::execute`].
+//!
+//! Every root context (one per filter configuration: Envoy's filter configs
+//! sharing a `vm_id`, Kong's filter chain entries) is configured on its own
+//! and answers only for its own HTTP contexts: `Root` and `Http` carry the
+//! root's id into every [`Vm`] call.
 //!
 //! Host calls whose SDK wrappers panic on an unexpected status or on
 //! non-UTF-8 data (shared data, header maps, local replies, resuming) go
@@ -8,52 +14,117 @@
 //! owns a callout to route its answer.
 
 use std::cell::RefCell;
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Duration;
 
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action as Flow, ContextType, LogLevel};
 
-use super::{SharedStore, StoreError};
-use crate::config::Config;
-use crate::engine::{Action, CalloutResult, Decision, Engine, Level, Owner, Rendered};
+use super::{execute, Host, Own, SharedStore, StoreError};
+use crate::aws::HttpRequest;
+use crate::engine::vm::Vm;
+use crate::engine::{CalloutResult, Decision, Level, Owner, Rendered, Waking};
 
 /// Tick period: how soon a request waiting for a secret that another worker
-/// fetches is resumed. Refresh, prefetch and lost-callout expiry run every
-/// `engine::MAINTENANCE_MS`; an idle tick does nothing.
+/// fetches is resumed (Envoy). Refresh, prefetch and lost-callout expiry run
+/// every `engine::MAINTENANCE_MS`; an idle tick does nothing.
 const TICK: Duration = Duration::from_millis(25);
-/// Metrics are published every this many ticks.
-const METRICS_EVERY: u32 = 8;
+/// Metrics are published at most this often (ms).
+const METRICS_EVERY_MS: u64 = 200;
 /// Largest callout response body read (GetSecretValue answers are < 100 KiB).
 const MAX_BODY: usize = crate::aws::secrets_manager::MAX_BODY_BYTES;
 const REJECT_BODY: &[u8] = b"secret unavailable\n";
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Trace);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> {
-        Box::new(Root { tick_started: false, ticks: 0, metrics: Vec::new() })
+    proxy_wasm::set_root_context(|id| -> Box<dyn RootContext> {
+        Box::new(Root { id, tick_started: false })
     });
 }}
 
 thread_local! {
-    /// This VM's engine, once a configuration was accepted.
-    static ENGINE: RefCell<Option<Engine>> = const { RefCell::new(None) };
-    /// Callout token -> engine fetch id.
-    static TOKENS: RefCell<HashMap<u32, u64>> = RefCell::new(HashMap::new());
+    /// This VM's state: one engine per root context.
+    static VM: RefCell<Vm> = RefCell::new(Vm::new(probe_waking()));
     /// Response headers for requests resumed by another context.
     static PENDING: RefCell<HashMap<u32, Rc<Rendered>>> = RefCell::new(HashMap::new());
+    /// Host metric ids and the counts already reported, and when.
+    static METRICS: RefCell<Metrics> = RefCell::new(Metrics::default());
 }
 
-struct HostStore;
+/// How this host continues paused requests. Envoy refuses to make an
+/// unknown context effective (BadArgument); ngx_wasm_module (Kong) accepts
+/// any id without doing anything, and resuming there acts on the running
+/// request only. Asking is harmless on both.
+fn probe_waking() -> Waking {
+    if abi::set_effective_context(u32::MAX) {
+        Waking::OwnCallbacks
+    } else {
+        Waking::AnyContext
+    }
+}
 
-impl SharedStore for HostStore {
+/// The proxy-wasm host behind [`Host`].
+struct AbiHost;
+
+impl SharedStore for AbiHost {
     fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
         abi::get_shared_data(key)
     }
 
     fn set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), StoreError> {
         abi::set_shared_data(key, value, cas)
+    }
+}
+
+impl Host for AbiHost {
+    fn log(&mut self, level: Level, message: &str) {
+        log(level, message);
+    }
+
+    fn dispatch(
+        &mut self,
+        upstream: &str,
+        request: &HttpRequest,
+        timeout_ms: u32,
+    ) -> Result<u32, String> {
+        let mut headers: Vec<(&str, &str)> = vec![
+            (":method", request.method.as_str()),
+            (":path", request.path.as_str()),
+            (":authority", request.authority.as_str()),
+            (":scheme", request.scheme.as_str()),
+        ];
+        headers.extend(
+            request
+                .headers
+                .iter()
+                .map(|(n, v)| (n.as_str(), v.as_str())),
+        );
+        let timeout = Duration::from_millis(u64::from(timeout_ms));
+        proxy_wasm::hostcalls::dispatch_http_call(
+            upstream,
+            headers,
+            Some(&request.body),
+            vec![],
+            timeout,
+        )
+        .map_err(|status| format!("{status:?}"))
+    }
+
+    fn set_effective_context(&mut self, ctx: u32) -> bool {
+        abi::set_effective_context(ctx)
+    }
+
+    fn resume(&mut self, ctx: u32, headers: &Rc<Rendered>) {
+        set_request_headers(headers);
+        if !headers.response.is_empty() {
+            PENDING.with(|p| p.borrow_mut().insert(ctx, headers.clone()));
+        }
+        abi::resume_http_request();
+    }
+
+    fn reject(&mut self) {
+        reject();
     }
 }
 
@@ -67,106 +138,23 @@ fn log(level: Level, message: &str) {
     abi::log(level, message);
 }
 
-/// Run `f` on the engine, if configured. Never holds the borrow across host
-/// calls that could re-enter.
-fn with_engine<R>(f: impl FnOnce(&mut Engine, &mut HostStore) -> R) -> Option<R> {
-    ENGINE.with(|cell| {
-        let mut guard = cell.try_borrow_mut().ok()?;
-        let engine = guard.as_mut()?;
-        Some(f(engine, &mut HostStore))
+/// Run an event on the VM, then carry out its actions from `active`'s
+/// callback. The VM is not borrowed while actions run (a host call may
+/// re-enter the filter); re-entered, an event is dropped rather than panic.
+fn run<R>(
+    active: Owner,
+    now: u64,
+    event: impl FnOnce(&mut Vm, &mut AbiHost, &mut Vec<crate::engine::Action>) -> R,
+) -> Option<(R, Own)> {
+    VM.with(|cell| {
+        let mut out = Vec::new();
+        let result = {
+            let mut vm = cell.try_borrow_mut().ok()?;
+            event(&mut vm, &mut AbiHost, &mut out)
+        };
+        let own = execute(cell, &mut AbiHost, out, active, now);
+        Some((result, own))
     })
-}
-
-/// What happened to the context that was active while actions ran.
-#[derive(Default, PartialEq)]
-enum Own {
-    #[default]
-    Untouched,
-    Resumed(Rc<Rendered>),
-    Rejected,
-}
-
-/// Carry out actions. `active` is the context whose callback we are in; a
-/// resume or reject aimed at it is reported back rather than done through
-/// the host, since it is still inside its own callback.
-fn execute(actions: Vec<Action>, active: Owner) -> Own {
-    if actions.is_empty() {
-        return Own::Untouched; // the hot path: no host call
-    }
-    let mut queue: VecDeque<Action> = actions.into();
-    let mut own = Own::Untouched;
-    while let Some(action) = queue.pop_front() {
-        match action {
-            Action::Log { level, message } => log(level, &message),
-            Action::Dispatch {
-                fetch,
-                upstream,
-                request,
-                timeout_ms,
-            } => {
-                let mut headers: Vec<(&str, &str)> = vec![
-                    (":method", request.method.as_str()),
-                    (":path", request.path.as_str()),
-                    (":authority", request.authority.as_str()),
-                    (":scheme", request.scheme.as_str()),
-                ];
-                headers.extend(
-                    request
-                        .headers
-                        .iter()
-                        .map(|(n, v)| (n.as_str(), v.as_str())),
-                );
-                let timeout = Duration::from_millis(u64::from(timeout_ms));
-                match proxy_wasm::hostcalls::dispatch_http_call(
-                    &upstream,
-                    headers,
-                    Some(&request.body),
-                    vec![],
-                    timeout,
-                ) {
-                    Ok(token) => {
-                        TOKENS.with(|t| t.borrow_mut().insert(token, fetch));
-                    }
-                    Err(status) => {
-                        let reason = format!(
-                            "dispatch to upstream '{upstream}' refused ({status:?}): in Envoy, is there a cluster with that name?"
-                        );
-                        let mut out = Vec::new();
-                        with_engine(|e, s| {
-                            e.on_dispatch_error(fetch, reason, now_ms(), s, active, &mut out)
-                        });
-                        queue.extend(out);
-                    }
-                }
-            }
-            Action::Resume { ctx, headers } => {
-                if active == Owner::Ctx(ctx) {
-                    own = Own::Resumed(headers);
-                    continue;
-                }
-                if abi::set_effective_context(ctx) {
-                    set_request_headers(&headers);
-                    if !headers.response.is_empty() {
-                        PENDING.with(|p| p.borrow_mut().insert(ctx, headers));
-                    }
-                    abi::resume_http_request();
-                }
-            }
-            Action::Reject { ctx } => {
-                if active == Owner::Ctx(ctx) {
-                    own = Own::Rejected;
-                    continue;
-                }
-                if abi::set_effective_context(ctx) {
-                    reject();
-                }
-            }
-        }
-    }
-    if let Owner::Ctx(ctx) = active {
-        abi::set_effective_context(ctx);
-    }
-    own
 }
 
 fn set_request_headers(rendered: &Rendered) {
@@ -206,41 +194,44 @@ fn read_callout(body_size: usize) -> CalloutResult {
 }
 
 fn on_callout_answer(token: u32, body_size: usize, active: Owner) -> Own {
-    let Some(fetch) = TOKENS.with(|t| t.borrow_mut().remove(&token)) else {
-        return Own::Untouched;
-    };
-    let result = read_callout(body_size);
-    let mut out = Vec::new();
-    with_engine(|e, s| e.on_callout(fetch, result, now_ms(), s, active, &mut out));
-    execute(out, active)
+    let now = now_ms();
+    run(active, now, |vm, host, out| {
+        vm.on_callout(token, || read_callout(body_size), now, host, active, out)
+    })
+    .map_or(Own::Untouched, |(_, own)| own)
 }
 
-struct Root {
-    tick_started: bool,
-    ticks: u32,
-    /// Host metric ids and the counts already reported, by metric name.
-    metrics: Vec<(u32, u64)>,
+#[derive(Default)]
+struct Metrics {
+    /// Host metric ids and the counts already reported, by counter.
+    defined: Vec<(u32, u64)>,
+    next_at: u64,
 }
 
-impl Root {
-    /// Report counter increases since the last tick. Batched here rather than
-    /// per request: the hot path makes no host call for metrics.
-    fn publish_metrics(&mut self) {
-        let Some(counters) = with_engine(|e, _| e.stats.counters()) else {
+impl Metrics {
+    /// Report counter increases since last time, for the whole VM. Batched
+    /// from the tick: the hot path makes no host call for metrics.
+    fn publish(&mut self, now: u64) {
+        if now < self.next_at {
+            return;
+        }
+        self.next_at = now + METRICS_EVERY_MS;
+        let Some(counters) = VM.with(|cell| cell.try_borrow().ok().map(|vm| vm.stats().counters()))
+        else {
             return;
         };
-        if self.metrics.is_empty() {
-            self.metrics = counters
+        if self.defined.is_empty() {
+            self.defined = counters
                 .iter()
                 .filter_map(|(name, _)| abi::define_counter(&format!("aws_vault.{name}")))
                 .map(|id| (id, 0))
                 .collect();
-            if self.metrics.len() != counters.len() {
-                self.metrics.clear();
+            if self.defined.len() != counters.len() {
+                self.defined.clear();
                 return;
             }
         }
-        for ((id, reported), (_, value)) in self.metrics.iter_mut().zip(counters) {
+        for ((id, reported), (_, value)) in self.defined.iter_mut().zip(counters) {
             if value > *reported {
                 abi::increment_metric(*id, value - *reported);
                 *reported = value;
@@ -249,9 +240,23 @@ impl Root {
     }
 }
 
+struct Root {
+    id: u32,
+    tick_started: bool,
+}
+
 impl Context for Root {
     fn on_http_call_response(&mut self, token: u32, _: usize, body_size: usize, _: usize) {
         on_callout_answer(token, body_size, Owner::Root);
+    }
+
+    fn on_done(&mut self) -> bool {
+        // Envoy: this configuration was removed or replaced.
+        let now = now_ms();
+        run(Owner::Root, now, |vm, host, out| {
+            vm.remove_root(self.id, host, out)
+        });
+        true
     }
 }
 
@@ -260,19 +265,16 @@ impl RootContext for Root {
         let bytes = abi::buffer(abi::BUFFER_PLUGIN_CONFIGURATION, usize::MAX);
         let text = String::from_utf8_lossy(&bytes);
         let env = |k: &str| std::env::var(k).ok();
-        let engine =
-            Config::parse(&text, &env).and_then(|config| Engine::new(&config, &env, seed()));
-        match engine {
-            Ok(engine) => {
+        let (id, now, seed) = (self.id, now_ms(), seed());
+        let configured = run(Owner::Root, now, |vm, host, out| {
+            vm.configure(id, &text, &env, seed, host, out)
+        });
+        match configured {
+            Some((Ok(secrets), _)) => {
                 log(
                     Level::Info,
-                    &format!("configuration accepted ({} secrets)", engine.secret_count()),
+                    &format!("configuration accepted ({secrets} secrets)"),
                 );
-                ENGINE.with(|cell| {
-                    if let Ok(mut slot) = cell.try_borrow_mut() {
-                        *slot = Some(engine);
-                    }
-                });
                 // Kong traps on a second non-zero set_tick_period.
                 if !self.tick_started {
                     self.tick_started = true;
@@ -280,27 +282,35 @@ impl RootContext for Root {
                 }
                 true
             }
-            Err(e) => {
-                log(Level::Error, &format!("invalid configuration: {e}"));
+            Some((Err(e), _)) => {
+                log(
+                    Level::Error,
+                    &crate::text::log_line(&format!("invalid configuration: {e}")),
+                );
                 false
             }
+            None => false,
         }
     }
 
     fn on_tick(&mut self) {
-        let mut out = Vec::new();
-        with_engine(|e, s| e.on_tick(now_ms(), s, &mut out));
-        execute(out, Owner::Root);
-        self.ticks = self.ticks.wrapping_add(1);
-        if self.ticks.is_multiple_of(METRICS_EVERY) {
-            self.publish_metrics();
-        }
+        let (id, now) = (self.id, now_ms());
+        run(Owner::Root, now, |vm, host, out| {
+            vm.on_tick(id, now, host, out)
+        });
+        METRICS.with(|m| {
+            if let Ok(mut m) = m.try_borrow_mut() {
+                m.publish(now);
+            }
+        });
     }
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         Some(Box::new(Http {
             id: context_id,
+            root: self.id,
             response: None,
+            paused: false,
         }))
     }
 
@@ -311,21 +321,25 @@ impl RootContext for Root {
 
 struct Http {
     id: u32,
+    /// The root context (configuration) this request belongs to.
+    root: u32,
     response: Option<Rc<Rendered>>,
+    /// Paused by this filter and not yet resumed or answered by it.
+    paused: bool,
 }
 
 impl Http {
-    fn settle(&mut self, own: Own) -> Option<Flow> {
+    fn settle(&mut self, own: &Own) {
         match own {
-            Own::Untouched => None,
+            Own::Untouched => {}
             Own::Resumed(rendered) => {
-                set_request_headers(&rendered);
-                self.response = Some(rendered);
-                Some(Flow::Continue)
+                set_request_headers(rendered);
+                self.response = Some(rendered.clone());
+                self.paused = false;
             }
             Own::Rejected => {
                 reject();
-                Some(Flow::Pause)
+                self.paused = false;
             }
         }
     }
@@ -334,20 +348,21 @@ impl Http {
 impl Context for Http {
     fn on_http_call_response(&mut self, token: u32, _: usize, body_size: usize, _: usize) {
         let own = on_callout_answer(token, body_size, Owner::Ctx(self.id));
-        // This context was paused waiting; its own callback can resume it.
-        match own {
-            Own::Resumed(rendered) => {
-                set_request_headers(&rendered);
-                self.response = Some(rendered);
-                abi::resume_http_request();
-            }
-            Own::Rejected => reject(),
-            Own::Untouched => {}
+        // This request was paused waiting; its own callback can continue it.
+        let resumed = matches!(own, Own::Resumed(_));
+        self.settle(&own);
+        if resumed {
+            abi::resume_http_request();
         }
     }
 
     fn on_done(&mut self) -> bool {
-        with_engine(|e, s| e.on_context_done(self.id, s));
+        let (root, id) = (self.root, self.id);
+        VM.with(|cell| {
+            if let Ok(mut vm) = cell.try_borrow_mut() {
+                vm.on_context_done(root, id, &mut AbiHost);
+            }
+        });
         PENDING.with(|p| p.borrow_mut().remove(&self.id));
         true
     }
@@ -355,28 +370,32 @@ impl Context for Http {
 
 impl HttpContext for Http {
     fn on_http_request_headers(&mut self, _: usize, _: bool) -> Flow {
-        let mut out = Vec::new();
-        let now = now_ms();
-        let Some(decision) = with_engine(|e, s| {
-            // Only the allowlisted headers are read: one host call each.
-            let incoming: Vec<(String, String)> = e
-                .trusted_headers()
+        let (root, ctx, now) = (self.root, self.id, now_ms());
+        let decision = run(Owner::Ctx(ctx), now, |vm, host, out| {
+            let trusted = vm.trusted_headers(root);
+            if trusted.is_empty() {
+                return vm.on_request(root, ctx, now, &[], host, out);
+            }
+            // Every value of every allowlisted header: one sent twice is refused.
+            let all = abi::header_map(abi::MAP_REQUEST_HEADERS);
+            let incoming: Vec<(&str, &str)> = all
                 .iter()
-                .filter_map(|name| {
-                    abi::header_value(abi::MAP_REQUEST_HEADERS, name).map(|v| (name.clone(), v))
-                })
-                .collect();
-            let incoming: Vec<(&str, &str)> = incoming
-                .iter()
+                .filter(|(n, _)| trusted.iter().any(|t| t.eq_ignore_ascii_case(n)))
                 .map(|(n, v)| (n.as_str(), v.as_str()))
                 .collect();
-            e.on_request(self.id, now, &incoming, s, &mut out)
-        }) else {
-            return Flow::Continue;
+            vm.on_request(root, ctx, now, &incoming, host, out)
+        });
+        let Some((decision, own)) = decision else {
+            // Re-entered while the VM is busy: fail closed.
+            reject();
+            return Flow::Pause;
         };
-        let own = execute(out, Owner::Ctx(self.id));
-        if let Some(flow) = self.settle(own) {
-            return flow;
+        if own != Own::Untouched {
+            self.settle(&own);
+            return match own {
+                Own::Resumed(_) => Flow::Continue,
+                _ => Flow::Pause,
+            };
         }
         match decision {
             Decision::Continue(rendered) => {
@@ -384,7 +403,14 @@ impl HttpContext for Http {
                 self.response = Some(rendered);
                 Flow::Continue
             }
-            Decision::Pause => Flow::Pause,
+            Decision::Pause => {
+                // Only Kong continues a request behind the filter's back.
+                self.paused = VM.with(|cell| {
+                    cell.try_borrow()
+                        .is_ok_and(|vm| vm.waking() == Waking::OwnCallbacks)
+                });
+                Flow::Pause
+            }
             Decision::Reject => {
                 reject();
                 Flow::Pause
@@ -393,6 +419,15 @@ impl HttpContext for Http {
     }
 
     fn on_http_response_headers(&mut self, _: usize, _: bool) -> Flow {
+        if self.paused {
+            // The host let the request go on without this filter (Kong 3.8
+            // after a failed callout): it went upstream without its secrets.
+            self.paused = false;
+            log(
+                Level::Error,
+                "a paused request was continued by the host without its secrets (a failed callout on Kong <= 3.8?)",
+            );
+        }
         let rendered = self
             .response
             .take()
@@ -460,13 +495,6 @@ mod abi {
             key_size: usize,
             value: *const u8,
             value_size: usize,
-        ) -> u32;
-        fn proxy_get_header_map_value(
-            map: u32,
-            key: *const u8,
-            key_size: usize,
-            out_data: *mut *mut u8,
-            out_size: *mut usize,
         ) -> u32;
         fn proxy_get_header_map_pairs(
             map: u32,
@@ -586,20 +614,6 @@ mod abi {
                 value.len(),
             );
         }
-    }
-
-    /// One header's value, if present (non-UTF-8 bytes replaced).
-    pub fn header_value(map: u32, name: &str) -> Option<String> {
-        let mut data = null_mut();
-        let mut size = 0usize;
-        let status = unsafe {
-            proxy_get_header_map_value(map, name.as_ptr(), name.len(), &mut data, &mut size)
-        };
-        if status != OK || data.is_null() {
-            return None;
-        }
-        let bytes = unsafe { take(data, size) };
-        Some(String::from_utf8_lossy(&bytes).into_owned())
     }
 
     /// A header map, decoded leniently (non-UTF-8 bytes replaced).
