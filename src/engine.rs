@@ -1572,8 +1572,12 @@ impl Engine {
     ) {
         // A failure recorded while evaluating makes another pass worthwhile;
         // bounded, since each pass only records failures with a retry_at ahead.
-        for _ in 0..3 {
-            if !self.dirty && !self.waiters_overdue(now) {
+        // Kong: a waiter whose own callback this is must be continued,
+        // answered or given a new callout now, or the host continues it.
+        let own_turn = self.waking == Waking::OwnCallbacks
+            && matches!(owner, Owner::Ctx(c) if self.waiters.contains_key(&c));
+        for pass in 0..3 {
+            if !self.dirty && !self.waiters_overdue(now) && !(own_turn && pass == 0) {
                 return;
             }
             self.dirty = false;
@@ -1599,6 +1603,16 @@ impl Engine {
                         self.evaluate(&needs, now, store, owner, out)
                     }
                     other => other.clone(),
+                };
+                // Kong: continued only from the answer to its last callout.
+                let status = match status {
+                    Status::Usable
+                        if self.waking == Waking::OwnCallbacks
+                            && self.fetches.values().any(|f| f.owner == Owner::Ctx(ctx)) =>
+                    {
+                        Status::Wait
+                    }
+                    other => other,
                 };
                 match status {
                     Status::Wait if now.saturating_sub(waiter.since) > self.max_wait_ms() => {

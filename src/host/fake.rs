@@ -4,6 +4,9 @@ use std::collections::HashMap;
 
 use super::{SharedStore, StoreError};
 
+#[cfg(not(target_arch = "wasm32"))]
+pub mod proxy;
+
 /// Which host's semantics to model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HostKind {
