@@ -372,30 +372,42 @@ def wasm_filter(plugin_config: dict, wasm: Path | str = WASM, env_keys=()) -> di
                               "host_env_keys": AWS_ENV_KEYS + list(env_keys)}}}}}
 
 
+def _listener(name: str, port: int, plugin_configs: list[dict], wasm, env_keys) -> dict:
+    """A listener on 127.0.0.1:port: its aws_vault filters (one per plugin config, in order,
+    all in the same VM) -> router -> cluster `echo`."""
+    http_filters = [wasm_filter(c, wasm, env_keys) for c in plugin_configs]
+    http_filters.append({"name": "envoy.filters.http.router", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}})
+    hcm = {"@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager"
+                    ".v3.HttpConnectionManager",
+           "stat_prefix": name,
+           "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [
+               {"match": {"prefix": "/"}, "route": {"cluster": "echo"}}]}]},
+           "http_filters": http_filters}
+    return {"name": name, "address": _addr(port), "filter_chains": [
+        {"filters": [{"name": "envoy.filters.network.http_connection_manager",
+                      "typed_config": hcm}]}]}
+
+
 def envoy_config(plugin_config: dict | None, *, listen_port: int, admin_port: int,
                  echo_port: int, moto_port: int, wasm: Path | str = WASM,
-                 clusters: dict[str, int] | None = None, env_keys=()) -> dict:
+                 clusters: dict[str, int] | None = None, env_keys=(),
+                 listeners: list[tuple[int, list[dict]]] | None = None) -> dict:
     """Listener -> (aws_vault filter unless plugin_config is None) -> router -> cluster `echo`;
     cluster `moto` is what the filter's callouts use (`"upstream": "moto"`).
 
     `clusters`: more {name: 127.0.0.1 port} clusters for callouts (a name may be an authority
     such as "127.0.0.1:8080", the filter's default upstream for a URL). `env_keys`: variables
-    the filter may read besides AWS_ENV_KEYS."""
-    http_filters = [] if plugin_config is None else [wasm_filter(plugin_config, wasm, env_keys)]
-    http_filters.append({"name": "envoy.filters.http.router", "typed_config": {
-        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}})
-    hcm = {"@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager"
-                    ".v3.HttpConnectionManager",
-           "stat_prefix": "ingress",
-           "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [
-               {"match": {"prefix": "/"}, "route": {"cluster": "echo"}}]}]},
-           "http_filters": http_filters}
+    the filter may read besides AWS_ENV_KEYS. `listeners`: more (port, [plugin configs])
+    listeners; every aws_vault filter of every listener shares one VM (vm_id `aws_vault`)."""
+    first = [] if plugin_config is None else [plugin_config]
+    all_listeners = [_listener("ingress", listen_port, first, wasm, env_keys)]
+    for i, (port, configs) in enumerate(listeners or []):
+        all_listeners.append(_listener(f"ingress{i + 1}", port, configs, wasm, env_keys))
     return {
         "admin": {"address": _addr(admin_port)},
         "static_resources": {
-            "listeners": [{"name": "ingress", "address": _addr(listen_port), "filter_chains": [
-                {"filters": [{"name": "envoy.filters.network.http_connection_manager",
-                              "typed_config": hcm}]}]}],
+            "listeners": all_listeners,
             "clusters": [_cluster("echo", echo_port), _cluster("moto", moto_port),
                          *(_cluster(name, port) for name, port in (clusters or {}).items())]}}
 
@@ -424,6 +436,7 @@ class Envoy:
                  log_dir: Path | None = None, cwd: Path | str = REPO, timeout: float = 60):
         self.config_file = Path(config_file)
         self.url = f"http://{LOCALHOST}:{listen_port}"
+        self.urls = [self.url]
         self.admin_url = f"http://{LOCALHOST}:{admin_port}"
         self.listen_port = listen_port
         self.http = requests.Session()
@@ -443,21 +456,34 @@ class Envoy:
     @classmethod
     def with_plugin(cls, plugin_config: dict | None, *, workdir: Path, echo_port: int,
                     moto_port: int, wasm: Path | str = WASM, clusters: dict | None = None,
-                    env_keys=(), **kwargs) -> "Envoy":
+                    env_keys=(), listeners: list[list[dict]] | None = None,
+                    **kwargs) -> "Envoy":
+        """`listeners`: more listeners, each a list of plugin configs (its aws_vault filters);
+        their URLs are in `envoy.urls[1:]`."""
         listen_port, admin_port = free_port(), free_port()
+        more = [(free_port(), configs) for configs in (listeners or [])]
         config = envoy_config(plugin_config, listen_port=listen_port, admin_port=admin_port,
                               echo_port=echo_port, moto_port=moto_port, wasm=wasm,
-                              clusters=clusters, env_keys=env_keys)
-        return cls(write_config(config, workdir), listen_port=listen_port, admin_port=admin_port,
-                   log_dir=workdir, **kwargs)
+                              clusters=clusters, env_keys=env_keys, listeners=more)
+        envoy = cls(write_config(config, workdir), listen_port=listen_port,
+                    admin_port=admin_port, log_dir=workdir, **kwargs)
+        envoy.urls += [f"http://{LOCALHOST}:{port}" for port, _ in more]
+        try:
+            for port, _ in more:
+                wait_until(lambda p=port: port_open(p), 30, f"listener {port}", envoy.proc)
+        except BaseException:
+            envoy.stop()
+            raise
+        return envoy
 
     def _ready(self) -> bool:
         r = self.http.get(f"{self.admin_url}/ready", timeout=1)
         return r.status_code == 200 and port_open(self.listen_port)
 
-    def get(self, path="/", **kwargs) -> requests.Response:
+    def get(self, path="/", listener: int = 0, **kwargs) -> requests.Response:
+        """GET through listener number `listener` (0: the first)."""
         kwargs.setdefault("timeout", 30)
-        r = self.http.get(self.url + path, **kwargs)
+        r = self.http.get(self.urls[listener] + path, **kwargs)
         if r.status_code >= 300:
             ERROR_BODIES.append(r.text)
         return r
