@@ -727,15 +727,24 @@ impl std::error::Error for KeyError {}
 
 /// The string value of `key` in a `SecretString` holding a JSON object.
 pub fn extract_key(secret_string: &str, key: &str) -> Result<String, KeyError> {
-    let value: Value = serde_json::from_str(secret_string).map_err(|_| KeyError::NotJson)?;
-    let Value::Object(mut fields) = value else {
-        return Err(KeyError::NotAnObject);
-    };
-    match fields.remove(key) {
+    key_of(&parse_object(secret_string)?, key)
+}
+
+/// A `SecretString` holding a JSON object, parsed (to take several keys).
+pub fn parse_object(secret_string: &str) -> Result<serde_json::Map<String, Value>, KeyError> {
+    match serde_json::from_str(secret_string).map_err(|_| KeyError::NotJson)? {
+        Value::Object(fields) => Ok(fields),
+        _ => Err(KeyError::NotAnObject),
+    }
+}
+
+/// The string value of `key` in a parsed secret.
+pub fn key_of(fields: &serde_json::Map<String, Value>, key: &str) -> Result<String, KeyError> {
+    match fields.get(key) {
         None => Err(KeyError::Missing),
-        Some(Value::String(s)) => Ok(s),
+        Some(Value::String(s)) => Ok(s.clone()),
         Some(other) => Err(KeyError::NotAString {
-            json_type: json_type(&other),
+            json_type: json_type(other),
         }),
     }
 }

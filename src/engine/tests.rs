@@ -576,27 +576,191 @@ fn trusted_incoming_headers_refuse_overrides_and_unknown_vaults() {
     }
 }
 
-#[test]
-fn distinct_secrets_per_vm_are_bounded() {
+/// Answer every dispatch in `out` (and what follows) with NotFound.
+fn not_found_all(p: &mut Proxy, out: &[Action]) {
+    let mut next = out.to_vec();
+    while !dispatches(&next).is_empty() {
+        next = p.answer_all(0, &next, &aws_error(400, "ResourceNotFoundException"));
+    }
+}
+
+/// TRUSTED warm: x-static's secret fetched.
+fn trusted_warm() -> Proxy {
     let mut p = Proxy::new(HostKind::Envoy, 1, TRUSTED);
-    let mut rejected_at = None;
-    for i in 0..(MAX_SECRETS as u32 + 5) {
-        let (d, out) = incoming_request(&mut p, i + 1, &format!("{{vault://aws/s{i}}}"));
-        if d == Decision::Reject {
-            assert!(
-                logs(&out).contains("too many distinct secrets"),
-                "{}",
-                logs(&out)
-            );
-            rejected_at = Some(i);
-            break;
+    let out = p.tick(0);
+    for id in dispatches(&out) {
+        p.answer(0, id, ok("static-value"));
+    }
+    p
+}
+
+fn incoming_count(p: &Proxy) -> usize {
+    p.vms[0].secrets.iter().filter(|s| s.incoming).count()
+}
+
+#[test]
+fn secrets_named_by_requests_are_bounded_and_evicted() {
+    let mut p = trusted_warm();
+    // 64 distinct names paused at once: the table is full.
+    let mut outs = Vec::new();
+    for i in 0..incoming::MAX_SECRETS as u32 {
+        if i % incoming::NEW_BURST == 0 {
+            p.now += 10_000; // admission refills
+        }
+        let (d, out) = incoming_request(&mut p, i + 1, &format!("{{vault://aws/junk{i}}}"));
+        assert_eq!(d, Decision::Pause, "{i}: {}", logs(&out));
+        outs.push(out);
+    }
+    let (d, out) = incoming_request(&mut p, 999, "{vault://aws/one-more}");
+    assert_eq!(d, Decision::Reject);
+    assert!(
+        logs(&out).contains("too many secrets named by requests in use"),
+        "{}",
+        logs(&out)
+    );
+    // Configured secrets are never locked out.
+    let (d, _) = p.request(0, 1000);
+    assert!(matches!(d, Decision::Continue(_)));
+    // Once answered (not found), the junk is evicted for new names.
+    for out in &outs {
+        not_found_all(&mut p, out);
+    }
+    p.now += 10_000;
+    let (d, out) = incoming_request(&mut p, 1001, "{vault://aws/legit}");
+    assert_eq!(d, Decision::Pause, "{}", logs(&out));
+    p.answer_all(0, &out, &ok("legit-value"));
+    assert_eq!(incoming_count(&p), incoming::MAX_SECRETS);
+    let (d, _) = incoming_request(&mut p, 1002, "{vault://aws/legit}");
+    let Decision::Continue(r) = d else {
+        panic!("{d:?}")
+    };
+    assert_eq!(header(&r.request, "x-backend-auth"), "legit-value");
+}
+
+#[test]
+fn new_names_are_admitted_at_a_bounded_rate() {
+    let mut p = trusted_warm();
+    let mut admitted = 0;
+    let mut fetches = 0;
+    for i in 0..100u32 {
+        let (d, out) = incoming_request(&mut p, i + 1, &format!("{{vault://aws/new{i}}}"));
+        fetches += dispatches(&out).len();
+        if d == Decision::Pause {
+            admitted += 1;
+            not_found_all(&mut p, &out);
+        } else {
+            assert!(logs(&out).contains("too many new secrets named by requests"));
         }
     }
+    assert_eq!(admitted, incoming::NEW_BURST as usize);
+    assert_eq!(fetches, admitted, "one fetch per admitted name");
+    p.now += 1_000;
+    let again = (0..20u32)
+        .filter(|i| {
+            let (d, out) = incoming_request(&mut p, 200 + i, &format!("{{vault://aws/later{i}}}"));
+            not_found_all(&mut p, &out);
+            d == Decision::Pause
+        })
+        .count();
+    assert_eq!(again, incoming::NEW_PER_SECOND as usize);
+}
+
+#[test]
+fn junk_names_are_not_refetched_by_the_tick() {
+    let mut p = trusted_warm();
+    for i in 0..20u32 {
+        let (_, out) = incoming_request(&mut p, i + 1, &format!("{{vault://aws/gone{i}}}"));
+        not_found_all(&mut p, &out);
+    }
+    let mut idle_fetches = 0;
+    for _ in 0..600 {
+        p.now += 200;
+        idle_fetches += dispatches(&p.tick(0)).len();
+    }
+    assert_eq!(idle_fetches, 0, "120 idle seconds");
+    // Nothing of the junk reached shared data (failures stay local, no leases).
     assert_eq!(
-        rejected_at,
-        Some(MAX_SECRETS as u32 - 1),
-        "one configured + dynamic up to the limit"
+        p.store.keys().count(),
+        2,
+        "{:?}",
+        p.store.keys().collect::<Vec<_>>()
     );
+}
+
+#[test]
+fn used_incoming_secrets_are_refreshed_until_idle() {
+    let mut p = trusted_warm();
+    let (_, out) = incoming_request(&mut p, 1, "{vault://aws/used/k}");
+    p.answer_all(0, &out, &ok(r#"{"k":"v1"}"#));
+    let used_at = p.now;
+    let mut late_fetches = 0;
+    for _ in 0..(10 * incoming::IDLE_MS / 200) {
+        p.now += 200;
+        let out = p.tick(0);
+        let bodies = dispatch_bodies(&out);
+        if p.now - used_at > incoming::IDLE_MS {
+            late_fetches += bodies.iter().filter(|b| b.contains("used")).count();
+        }
+        p.answer_all(0, &out, &ok(r#"{"k":"v2"}"#));
+    }
+    assert_eq!(late_fetches, 0, "not refreshed once idle");
+    // Used again: fetched on demand, served.
+    let (d, out) = incoming_request(&mut p, 2, "{vault://aws/used/k}");
+    assert!(
+        d == Decision::Pause || matches!(d, Decision::Continue(_)),
+        "{d:?}"
+    );
+    p.answer_all(0, &out, &ok(r#"{"k":"v3"}"#));
+}
+
+#[test]
+fn keys_and_references_per_request_are_bounded() {
+    let mut p = trusted_warm();
+    let (_, out) = incoming_request(&mut p, 1, "{vault://aws/json/k0}");
+    let mut fields = serde_json::Map::new();
+    for k in 0..200 {
+        fields.insert(format!("k{k}"), format!("v{k}").into());
+    }
+    p.answer_all(0, &out, &ok(&serde_json::Value::Object(fields).to_string()));
+    for k in 0..200u32 {
+        let (d, _) = incoming_request(&mut p, 10 + k, &format!("{{vault://aws/json/k{k}}}"));
+        let Decision::Continue(r) = d else {
+            panic!("{k}: {d:?}")
+        };
+        assert_eq!(header(&r.request, "x-backend-auth"), format!("v{k}"));
+    }
+    let s = p.vms[0].secrets.iter().find(|s| s.incoming).unwrap();
+    assert!(s.keys.len() <= incoming::MAX_KEYS, "{}", s.keys.len());
+    let many = "{vault://aws/json/k1}".repeat(incoming::MAX_REFERENCES + 1);
+    let (d, out) = incoming_request(&mut p, 500, &many);
+    assert_eq!(d, Decision::Reject);
+    assert!(logs(&out).contains("references in the request's headers"));
+    let long = format!(
+        "{{vault://aws/json/{}}}",
+        "k".repeat(incoming::MAX_VALUE_LEN)
+    );
+    let (d, out) = incoming_request(&mut p, 501, &long);
+    assert_eq!(d, Decision::Reject);
+    assert!(logs(&out).contains("longer than"), "{}", logs(&out));
+}
+
+#[test]
+fn a_trusted_header_sent_twice_fails_closed() {
+    let mut p = trusted_warm();
+    let mut out = Vec::new();
+    let d = p.vms[0].on_request(
+        1,
+        p.now,
+        &[
+            ("x-backend-auth", "{vault://aws/victim/k}"),
+            ("X-Backend-Auth", "{vault://aws/allowed/k}"),
+        ],
+        &mut p.store,
+        &mut out,
+    );
+    assert_eq!(d, Decision::Reject);
+    assert!(dispatches(&out).is_empty());
+    assert!(logs(&out).contains("sent more than once"), "{}", logs(&out));
 }
 
 #[test]
@@ -986,4 +1150,97 @@ fn paused_requests_per_vm_are_bounded() {
         "{}",
         logs(&out)
     );
+}
+
+mod incoming_properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// A request naming secret `name` (from a small or a huge space).
+        Request { name: u16, key: u8 },
+        /// The host answers everything in flight: found (`true`) or not.
+        Answer(bool),
+        /// Time passes, the tick runs.
+        Idle(u16),
+        /// A paused request ends (client gone).
+        Gone(u8),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (0u16..400, 0u8..40).prop_map(|(name, key)| Op::Request { name, key }),
+            2 => any::<bool>().prop_map(Op::Answer),
+            2 => (0u16..5000).prop_map(Op::Idle),
+            1 => any::<u8>().prop_map(Op::Gone),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+        /// Whatever clients name: the table stays bounded, configured
+        /// headers keep working, junk is fetched at most once per request
+        /// that names it and never by the tick, and nothing is left paused
+        /// past the waiting bound.
+        #[test]
+        fn incoming_bounds_hold(ops in proptest::collection::vec(op(), 1..200)) {
+            let mut p = trusted_warm();
+            let mut pending: Vec<Action> = Vec::new();
+            let mut next_ctx = 1u32;
+            let mut requests = 0usize;
+            let mut junk_fetches = 0usize;
+            let mut paused: Vec<u32> = Vec::new();
+            let count = |out: &[Action]| dispatch_bodies(out).iter().filter(|b| b.contains("n-")).count();
+            for op in ops {
+                match op {
+                    Op::Request { name, key } => {
+                        next_ctx += 1;
+                        requests += 1;
+                        let value = format!("{{vault://aws/n-{name}/k{key}}}");
+                        let (d, out) = incoming_request(&mut p, next_ctx, &value);
+                        junk_fetches += count(&out);
+                        if d == Decision::Pause { paused.push(next_ctx); }
+                        pending.extend(out);
+                    }
+                    Op::Answer(found) => {
+                        let result = if found { ok(r#"{"k1":"v"}"#) } else { aws_error(400, "ResourceNotFoundException") };
+                        let now_pending = std::mem::take(&mut pending);
+                        let out = p.answer_all(0, &now_pending, &result);
+                        junk_fetches += count(&out);
+                        pending.extend(out.into_iter().filter(|a| matches!(a, Action::Dispatch { .. })));
+                    }
+                    Op::Idle(ms) => {
+                        p.now += u64::from(ms);
+                        let out = p.tick(0);
+                        // The tick may refresh names that have values and are in use, never junk.
+                        for body in dispatch_bodies(&out) {
+                            if body.contains("n-") {
+                                let e = p.vms[0].secrets.iter().find(|s| body.contains(&s.target.secret_id)).unwrap();
+                                prop_assert!(e.entry.as_ref().is_some_and(|e| e.value.is_some()));
+                            }
+                        }
+                        pending.extend(out.into_iter().filter(|a| matches!(a, Action::Dispatch { .. })));
+                    }
+                    Op::Gone(i) => {
+                        if !paused.is_empty() {
+                            let ctx = paused.remove(usize::from(i) % paused.len());
+                            p.vms[0].on_context_done(ctx, &mut p.store);
+                        }
+                    }
+                }
+                prop_assert!(incoming_count(&p) <= incoming::MAX_SECRETS);
+                prop_assert!(p.vms[0].waiting() <= MAX_WAITERS);
+            }
+            prop_assert!(junk_fetches <= requests + p.vms[0].stats.refreshes as usize);
+            // The configured header still works.
+            let (d, _) = p.request(0, 1_000_000);
+            prop_assert!(matches!(d, Decision::Continue(_)), "{:?}", d);
+            // Nothing waits past the bound.
+            p.now += 60_000;
+            p.tick(0);
+            prop_assert_eq!(p.vms[0].waiting(), 0);
+        }
+    }
 }

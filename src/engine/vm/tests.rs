@@ -51,8 +51,10 @@ fn assert_clean(p: &FakeProxy) {
 fn each_root_renders_only_its_own_headers() {
     both(|kind| {
         let mut p = proxy(kind, 2);
-        p.configure(A, &config(r#"{"x-a": "{vault://aws/sec-a}"}"#)).unwrap();
-        p.configure(B, &config(r#"{"x-b": "{vault://aws/sec-b}"}"#)).unwrap();
+        p.configure(A, &config(r#"{"x-a": "{vault://aws/sec-a}"}"#))
+            .unwrap();
+        p.configure(B, &config(r#"{"x-b": "{vault://aws/sec-b}"}"#))
+            .unwrap();
         p.configure(C, &config(r#"{"x-c": "literal"}"#)).unwrap();
         let mut seen = Vec::new();
         for round in 0..3 {
@@ -83,8 +85,10 @@ fn each_root_renders_only_its_own_headers() {
 #[test]
 fn same_secret_same_settings_is_fetched_once_per_proxy() {
     let mut p = proxy(HostKind::Envoy, 2);
-    p.configure(A, &config(r#"{"x-a": "{vault://aws/shared}"}"#)).unwrap();
-    p.configure(B, &config(r#"{"x-b": "Bearer {vault://aws/shared}"}"#)).unwrap();
+    p.configure(A, &config(r#"{"x-a": "{vault://aws/shared}"}"#))
+        .unwrap();
+    p.configure(B, &config(r#"{"x-b": "Bearer {vault://aws/shared}"}"#))
+        .unwrap();
     let mut ctxs = Vec::new();
     for i in 0..40 {
         ctxs.push(p.request(i % 2, if i % 3 == 0 { A } else { B }, &[]));
@@ -93,10 +97,17 @@ fn same_secret_same_settings_is_fetched_once_per_proxy() {
         p.answer_all();
         p.advance(25, &[A, B]);
     }
-    assert_eq!(p.aws.get_secret_value_calls, 1, "one fetch for the whole proxy");
+    assert_eq!(
+        p.aws.get_secret_value_calls, 1,
+        "one fetch for the whole proxy"
+    );
     assert_clean(&p);
     for ctx in ctxs {
-        assert!(matches!(p.state(ctx), State::Continued(_)), "{:?}", p.state(ctx));
+        assert!(
+            matches!(p.state(ctx), State::Continued(_)),
+            "{:?}",
+            p.state(ctx)
+        );
     }
 }
 
@@ -104,11 +115,13 @@ fn same_secret_same_settings_is_fetched_once_per_proxy() {
 fn a_new_root_reuses_what_is_cached() {
     both(|kind| {
         let mut p = proxy(kind, 2);
-        p.configure(A, &config(r#"{"x-a": "{vault://aws/shared}"}"#)).unwrap();
+        p.configure(A, &config(r#"{"x-a": "{vault://aws/shared}"}"#))
+            .unwrap();
         p.advance(250, &[A]); // prefetch
         p.answer_all();
         assert_eq!(p.aws.get_secret_value_calls, 1);
-        p.configure(B, &config(r#"{"x-b": "{vault://aws/shared}"}"#)).unwrap();
+        p.configure(B, &config(r#"{"x-b": "{vault://aws/shared}"}"#))
+            .unwrap();
         p.advance(1_000, &[A, B]);
         let ctx = p.request(1, B, &[]);
         assert_eq!(p.header(ctx, "x-b"), Some("shared-value"));
@@ -150,17 +163,23 @@ fn same_name_under_other_settings_stays_apart() {
 fn a_reconfigured_root_never_applies_an_old_answer_to_a_new_secret() {
     both(|kind| {
         let mut p = proxy(kind, 1);
-        p.configure(A, &config(r#"{"x": "{vault://aws/sec-a}"}"#)).unwrap();
+        p.configure(A, &config(r#"{"x": "{vault://aws/sec-a}"}"#))
+            .unwrap();
         let old = p.request(0, A, &[]);
         let old_call = *p.in_flight.keys().next().unwrap();
         // The configuration changes while sec-a's fetch is in flight.
-        p.configure(A, &config(r#"{"x": "{vault://aws/sec-b}"}"#)).unwrap();
+        p.configure(A, &config(r#"{"x": "{vault://aws/sec-b}"}"#))
+            .unwrap();
         let new = p.request(0, A, &[]);
         p.answer(old_call); // sec-a's value arrives for the retired engine
         p.answer_all();
         p.advance(100, &[A]);
         assert_eq!(p.header(new, "x"), Some("value-of-b"), "{kind:?}");
-        assert_eq!(p.state(old), &State::Rejected, "{kind:?}: paused under the old config");
+        assert_eq!(
+            p.state(old),
+            &State::Rejected,
+            "{kind:?}: paused under the old config"
+        );
         assert_clean(&p);
         // And after the next refresh.
         p.advance(61_000, &[A]);
@@ -173,8 +192,10 @@ fn a_reconfigured_root_never_applies_an_old_answer_to_a_new_secret() {
 #[test]
 fn removing_a_root_fails_its_paused_requests_and_drops_late_answers() {
     let mut p = proxy(HostKind::Envoy, 2);
-    p.configure(A, &config(r#"{"x-a": "{vault://aws/sec-a}"}"#)).unwrap();
-    p.configure(B, &config(r#"{"x-b": "{vault://aws/sec-b}"}"#)).unwrap();
+    p.configure(A, &config(r#"{"x-a": "{vault://aws/sec-a}"}"#))
+        .unwrap();
+    p.configure(B, &config(r#"{"x-b": "{vault://aws/sec-b}"}"#))
+        .unwrap();
     let paused: Vec<u32> = (0..6).map(|i| p.request(i % 2, A, &[])).collect();
     let other = p.request(0, B, &[]);
     assert!(!p.in_flight.is_empty());
@@ -187,15 +208,22 @@ fn removing_a_root_fails_its_paused_requests_and_drops_late_answers() {
     p.answer_all();
     assert_eq!(p.header(other, "x-b"), Some("value-of-b"));
     let after = p.request(1, A, &[]);
-    assert_eq!(p.state(after), &State::Rejected, "no configuration, fail closed");
+    assert_eq!(
+        p.state(after),
+        &State::Rejected,
+        "no configuration, fail closed"
+    );
     assert_clean(&p);
 }
 
 #[test]
 fn kong_cold_burst_every_request_is_answered() {
     let mut p = proxy(HostKind::Kong, 2);
-    p.configure(A, &config(r#"{"authorization": "Bearer {vault://aws/sec-a}"}"#))
-        .unwrap();
+    p.configure(
+        A,
+        &config(r#"{"authorization": "Bearer {vault://aws/sec-a}"}"#),
+    )
+    .unwrap();
     let ctxs: Vec<u32> = (0..50).map(|i| p.request(i % 2, A, &[])).collect();
     assert_eq!(p.paused().len(), 50);
     p.answer_all();
@@ -231,10 +259,13 @@ fn kong_waiters_with_several_missing_secrets_wait_one_callout_at_a_time() {
 #[test]
 fn kong_waiting_is_bounded_by_the_requests_own_callouts() {
     let mut p = proxy(HostKind::Kong, 1);
-    p.configure(A, &config(r#"{"x": "{vault://aws/sec-a}"}"#)).unwrap();
+    p.configure(A, &config(r#"{"x": "{vault://aws/sec-a}"}"#))
+        .unwrap();
     let ctxs: Vec<u32> = (0..5).map(|_| p.request(0, A, &[])).collect();
     for _ in 0..20 {
-        let Some(&token) = p.in_flight.keys().next() else { break };
+        let Some(&token) = p.in_flight.keys().next() else {
+            break;
+        };
         p.now += 5_000;
         p.fail(token, CalloutFailure::Timeout);
     }
@@ -267,9 +298,11 @@ fn kong_incoming_references_are_answered() {
 #[test]
 fn kong_config_change_with_waiters_fails_them_from_their_own_answers() {
     let mut p = proxy(HostKind::Kong, 1);
-    p.configure(A, &config(r#"{"x": "{vault://aws/sec-a}"}"#)).unwrap();
+    p.configure(A, &config(r#"{"x": "{vault://aws/sec-a}"}"#))
+        .unwrap();
     let waiters: Vec<u32> = (0..4).map(|_| p.request(0, A, &[])).collect();
-    p.configure(A, &config(r#"{"x": "{vault://aws/sec-b}"}"#)).unwrap();
+    p.configure(A, &config(r#"{"x": "{vault://aws/sec-b}"}"#))
+        .unwrap();
     assert!(p.violations.is_empty(), "{:?}", p.violations);
     p.answer_all();
     for ctx in waiters {
@@ -284,7 +317,8 @@ fn kong_config_change_with_waiters_fails_them_from_their_own_answers() {
 #[test]
 fn envoy_waiters_on_other_workers_resume_after_one_fetch() {
     let mut p = proxy(HostKind::Envoy, 3);
-    p.configure(A, &config(r#"{"x": "{vault://aws/sec-a}"}"#)).unwrap();
+    p.configure(A, &config(r#"{"x": "{vault://aws/sec-a}"}"#))
+        .unwrap();
     let ctxs: Vec<u32> = (0..30).map(|i| p.request(i % 3, A, &[])).collect();
     p.answer_all();
     p.advance(50, &[A]);
@@ -300,7 +334,8 @@ fn roots_per_vm_are_bounded() {
     let mut p = proxy(HostKind::Envoy, 1);
     let conf = config(r#"{"x": "literal"}"#);
     for root in 0..MAX_ROOTS as u32 {
-        p.configure(root.wrapping_mul(2_654_435_761), &conf).unwrap();
+        p.configure(root.wrapping_mul(2_654_435_761), &conf)
+            .unwrap();
     }
     let err = p.configure(12345, &conf).unwrap_err();
     assert!(err.contains("too many filter configurations"), "{err}");
@@ -314,7 +349,8 @@ fn roots_per_vm_are_bounded() {
 fn a_late_answer_for_a_gone_request_is_dropped_and_refetched() {
     both(|kind| {
         let mut p = proxy(kind, 1);
-        p.configure(A, &config(r#"{"x": "{vault://aws/sec-a}"}"#)).unwrap();
+        p.configure(A, &config(r#"{"x": "{vault://aws/sec-a}"}"#))
+            .unwrap();
         let ctx = p.request(0, A, &[]);
         p.finish(ctx); // the client left; its callout's answer is dropped
         p.answer_all();
@@ -325,5 +361,33 @@ fn a_late_answer_for_a_gone_request_is_dropped_and_refetched() {
         p.advance(50, &[A]);
         assert_eq!(p.header(next, "x"), Some("value-of-a"), "{kind:?}");
         assert_clean(&p);
+    });
+}
+
+#[test]
+fn outside_text_never_forges_log_lines() {
+    both(|kind| {
+        let mut p = proxy(kind, 1);
+        let conf = config(r#"{"x": "{vault://aws/sec-a}"}"#).replace(
+            r#""request_headers""#,
+            r#""resolve_incoming_headers": ["x-ref"], "request_headers""#,
+        );
+        p.configure(A, &conf).unwrap();
+        p.advance(250, &[A]);
+        p.answer_all();
+        let forged = "{vault://aws/x%0a[2099-01-01 00:00:00.000][1][critical][main] FORGED/k}";
+        let ctx = p.request(0, A, &[("x-ref", forged)]);
+        p.answer_all();
+        assert_eq!(p.state(ctx), &State::Rejected);
+        let long = format!("{{vault://aws/{}}} {{vault://nope/x}}", "y".repeat(3000));
+        let ctx = p.request(0, A, &[("x-ref", &long)]);
+        p.answer_all();
+        assert_eq!(p.state(ctx), &State::Rejected);
+        assert_clean(&p); // no raw line break was logged
+        let all: Vec<&str> = p.logs.iter().map(|(_, m)| m.as_str()).collect();
+        assert!(all.iter().any(|m| m.contains("x\\n[2099")), "{all:#?}");
+        assert!(all
+            .iter()
+            .all(|m| m.chars().count() <= crate::text::MAX_LOG_LINE + 3));
     });
 }

@@ -13,6 +13,10 @@
 //!
 //! Anything that would crash, hang or misdirect on the real host is
 //! recorded in [`FakeProxy::violations`]; tests assert there are none.
+//!
+//! Native test and simulation support, never in the `.wasm`: a worker index
+//! out of range is a bug in the test driving it.
+#![allow(clippy::indexing_slicing)]
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -149,9 +153,9 @@ impl Running<'_> {
         match target {
             Owner::Ctx(c) => Some(c),
             Owner::Root => {
-                self.proxy
-                    .violations
-                    .push(format!("{what} from a root context (Kong: NULL request, crash)"));
+                self.proxy.violations.push(format!(
+                    "{what} from a root context (Kong: NULL request, crash)"
+                ));
                 None
             }
         }
@@ -161,7 +165,9 @@ impl Running<'_> {
 impl Host for Running<'_> {
     fn log(&mut self, level: Level, message: &str) {
         if message.contains('\n') || message.contains('\r') {
-            self.proxy.violations.push(format!("raw line break logged: {message:?}"));
+            self.proxy
+                .violations
+                .push(format!("raw line break logged: {message:?}"));
         }
         self.proxy.logs.push((level, message.to_string()));
     }
@@ -235,7 +241,9 @@ impl FakeProxy {
         FakeProxy {
             kind,
             store: FakeStore::new(kind),
-            vms: (0..workers).map(|_| RefCell::new(Vm::new(waking))).collect(),
+            vms: (0..workers)
+                .map(|_| RefCell::new(Vm::new(waking)))
+                .collect(),
             now: 1_700_000_000_000,
             requests: BTreeMap::new(),
             in_flight: BTreeMap::new(),
@@ -302,7 +310,9 @@ impl FakeProxy {
     /// Envoy deletes a root context (configuration removed or replaced).
     pub fn remove_root(&mut self, root: u32) {
         for w in 0..self.vms.len() {
-            self.run(w, Owner::Root, |vm, store, _, out| vm.remove_root(root, store, out));
+            self.run(w, Owner::Root, |vm, store, _, out| {
+                vm.remove_root(root, store, out)
+            });
         }
     }
 
@@ -348,10 +358,8 @@ impl FakeProxy {
             return;
         };
         if r.state != State::Paused {
-            self.violations.push(format!(
-                "request {ctx} acted on again after {:?}",
-                r.state
-            ));
+            self.violations
+                .push(format!("request {ctx} acted on again after {:?}", r.state));
             return;
         }
         match own {
@@ -376,8 +384,9 @@ impl FakeProxy {
         let pending = self.in_flight.values().any(|c| c.owner == Owner::Ctx(ctx));
         if let Some(r) = self.requests.get_mut(&ctx) {
             if r.state == State::Paused && !pending && !r.gone {
-                self.violations
-                    .push(format!("request {ctx} paused with no callout of its own: it hangs"));
+                self.violations.push(format!(
+                    "request {ctx} paused with no callout of its own: it hangs"
+                ));
             }
         }
     }
@@ -447,7 +456,9 @@ impl FakeProxy {
     /// Root `root`'s tick on every worker.
     pub fn tick(&mut self, root: u32) {
         for w in 0..self.vms.len() {
-            self.run(w, Owner::Root, |vm, store, now, out| vm.on_tick(root, now, store, out));
+            self.run(w, Owner::Root, |vm, store, now, out| {
+                vm.on_tick(root, now, store, out)
+            });
         }
     }
 
@@ -480,7 +491,9 @@ impl FakeProxy {
     }
 
     pub fn state(&self, ctx: u32) -> &State {
-        self.requests.get(&ctx).map_or(&State::Rejected, |r| &r.state)
+        self.requests
+            .get(&ctx)
+            .map_or(&State::Rejected, |r| &r.state)
     }
 
     /// The request header `name` request `ctx` was sent upstream with.

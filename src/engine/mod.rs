@@ -28,8 +28,8 @@ use crate::template::Segment;
 
 /// Longest secret (or key) value injected into a header, in bytes.
 pub const MAX_HEADER_VALUE_LEN: usize = 16 * 1024;
-/// Most distinct secrets one VM tracks (configured plus those named in
-/// trusted incoming headers).
+/// Most distinct secrets one configuration names (those named by requests
+/// are bounded apart, see `incoming`).
 pub const MAX_SECRETS: usize = 256;
 /// Most requests one VM keeps paused at once.
 pub const MAX_WAITERS: usize = 4096;
@@ -218,6 +218,14 @@ struct Secret {
     lease_key: String,
     entry: Option<Entry>,
     fetch: Option<u64>,
+    /// Named only by requests' trusted incoming headers: bounded, evicted
+    /// when idle, never leased nor published when failing (see `incoming`).
+    incoming: bool,
+    /// Last time a request needed it.
+    last_used: u64,
+    /// Values of keys named by incoming references, derived on demand and
+    /// dropped when the value changes (at most `incoming::MAX_KEYS`).
+    keys: Vec<(String, Result<String, String>)>,
 }
 
 struct RefSlot {
@@ -278,7 +286,7 @@ impl CredSlot {
 /// incoming headers) to render on top of the configured ones.
 struct Waiter {
     since: u64,
-    extra: Vec<CompiledHeader>,
+    extra: Vec<IncomingHeader>,
 }
 
 struct Fetch {
@@ -336,6 +344,8 @@ pub struct Engine {
     root: u32,
     gen: u32,
     waking: Waking,
+    /// Admission of new secrets named by requests.
+    admission: incoming::Admission,
     pub stats: Stats,
 }
 
@@ -370,6 +380,7 @@ impl Engine {
             root: 0,
             gen: 0,
             waking: Waking::AnyContext,
+            admission: incoming::Admission::default(),
             stats: Stats::default(),
         };
         for h in &config.request_headers {
@@ -426,19 +437,15 @@ impl Engine {
         h: &HeaderTemplate,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<CompiledHeader, String> {
-        self.compile_template(config, h, false, env)
+        self.compile_template(config, h, env)
             .map_err(|e| format!("{}: {e}", h.field))
     }
 
-    /// Turn a template into parts, registering its secrets. `untrusted_text`:
-    /// the template came from a request, so query overrides are refused (a
-    /// client must not pick the endpoint, region, role or cache settings) and
-    /// the number of secrets is capped.
+    /// Turn a configured template into parts, registering its secrets.
     fn compile_template(
         &mut self,
         config: &Config,
         h: &HeaderTemplate,
-        untrusted_text: bool,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<CompiledHeader, String> {
         let mut parts = Vec::new();
@@ -446,20 +453,9 @@ impl Engine {
             match segment {
                 Segment::Literal(text) => parts.push(Part::Lit(text.clone())),
                 Segment::Reference { text, reference } => {
-                    if untrusted_text && !reference.query.is_empty() {
-                        return Err(format!(
-                            "{text}: query overrides are not allowed in request headers"
-                        ));
-                    }
                     let resolved = match config.resolve(text, reference) {
                         Err(e) => return Err(format!("{text}: {e}")),
                         Ok(Resolved::Aws(r)) => *r,
-                        Ok(Resolved::Env(r)) if untrusted_text => {
-                            let _ = r;
-                            return Err(format!(
-                                "{text}: env vault references are not allowed in request headers"
-                            ));
-                        }
                         Ok(Resolved::Env(r)) => {
                             parts.push(Part::Lit(
                                 env_value(&r, env).map_err(|e| format!("{text}: {e}"))?,
@@ -477,44 +473,10 @@ impl Engine {
                                     "{text}: too many distinct secrets (limit {MAX_SECRETS})"
                                 ));
                             }
-                            let skey = cache::shared_key(&descriptor);
-                            let slot = match &resolved.target.assume_role_arn {
-                                None => Slot::Base,
-                                Some(arn) => {
-                                    let t = &resolved.target;
-                                    let mut role = AssumeRoleSettings::new(arn, &t.region);
-                                    role.session_name = t.role_session_name.clone();
-                                    role.sts_endpoint = t.sts_endpoint.clone();
-                                    role.timeout_ms = t.timeout_ms;
-                                    let key = format!(
-                                        "role|{}|{}|{}|{}",
-                                        role.role_arn,
-                                        role.session_name,
-                                        role.region,
-                                        role.sts_endpoint
-                                            .as_ref()
-                                            .map_or("", |e| e.authority.as_str())
-                                    );
-                                    let slot = self
-                                        .credentials
-                                        .role(role)
-                                        .map_err(|e| format!("{text}: assume_role_arn: {e}"))?;
-                                    self.cred_slots
-                                        .entry(slot)
-                                        .or_insert_with(|| CredSlot::new(key));
-                                    slot
-                                }
-                            };
-                            self.secrets.push(Secret {
-                                slot,
-                                retrying: false,
-                                lease_key: format!("{skey}/lease"),
-                                skey,
-                                descriptor,
-                                target: resolved.target,
-                                entry: None,
-                                fetch: None,
-                            });
+                            let secret = self
+                                .new_secret(resolved.target, false, 0)
+                                .map_err(|e| format!("{text}: {e}"))?;
+                            self.secrets.push(secret);
                             self.secrets.len() - 1
                         }
                     };
@@ -531,7 +493,6 @@ impl Engine {
                                 key: resolved.key,
                                 value: Err("not fetched yet".into()),
                             });
-                            self.derive(secret);
                             self.refs.len() - 1
                         }
                     };
@@ -542,6 +503,58 @@ impl Engine {
         Ok(CompiledHeader {
             name: h.name.clone(),
             parts,
+        })
+    }
+
+    /// A secret to track for `target`, with its credentials slot (an
+    /// assumed role gets its own).
+    fn new_secret(
+        &mut self,
+        target: SecretTarget,
+        incoming: bool,
+        now: u64,
+    ) -> Result<Secret, String> {
+        let descriptor = target.descriptor();
+        let skey = cache::shared_key(&descriptor);
+        let slot = match &target.assume_role_arn {
+            None => Slot::Base,
+            Some(arn) => {
+                let t = &target;
+                let mut role = AssumeRoleSettings::new(arn, &t.region);
+                role.session_name = t.role_session_name.clone();
+                role.sts_endpoint = t.sts_endpoint.clone();
+                role.timeout_ms = t.timeout_ms;
+                let key = format!(
+                    "role|{}|{}|{}|{}",
+                    role.role_arn,
+                    role.session_name,
+                    role.region,
+                    role.sts_endpoint
+                        .as_ref()
+                        .map_or("", |e| e.authority.as_str())
+                );
+                let slot = self
+                    .credentials
+                    .role(role)
+                    .map_err(|e| format!("assume_role_arn: {e}"))?;
+                self.cred_slots
+                    .entry(slot)
+                    .or_insert_with(|| CredSlot::new(key));
+                slot
+            }
+        };
+        Ok(Secret {
+            slot,
+            retrying: false,
+            lease_key: format!("{skey}/lease"),
+            skey,
+            descriptor,
+            target,
+            entry: None,
+            fetch: None,
+            incoming,
+            last_used: now,
+            keys: Vec::new(),
         })
     }
 
@@ -596,7 +609,7 @@ impl Engine {
         store: &mut dyn SharedStore,
         out: &mut Vec<Action>,
     ) -> Decision {
-        let extra = match self.compile_incoming(incoming) {
+        let extra = match self.compile_incoming(incoming, now) {
             Ok(extra) => extra,
             Err(reason) => {
                 self.reject_log(None, &reason, out);
@@ -727,62 +740,6 @@ impl Engine {
                 Err(format!("{}: no AWS credentials: {why}", self.describe(i)))
             }
         }
-    }
-
-    /// Compile the templates found in trusted incoming headers.
-    fn compile_incoming(
-        &mut self,
-        incoming: &[(&str, &str)],
-    ) -> Result<Vec<CompiledHeader>, String> {
-        let mut extra = Vec::new();
-        for (k, (name, _)) in incoming.iter().enumerate() {
-            let again = incoming
-                .iter()
-                .skip(k + 1)
-                .any(|(other, _)| other.eq_ignore_ascii_case(name));
-            if again {
-                // Which value would the upstream see? Refuse rather than guess.
-                return Err(format!(
-                    "incoming header {} was sent more than once",
-                    crate::text::quoted(&name.to_ascii_lowercase())
-                ));
-            }
-        }
-        for (name, value) in incoming {
-            let name = name.to_ascii_lowercase();
-            let template = crate::template::parse(value)
-                .map_err(|e| format!("incoming header {name}: {e}"))?;
-            if !template.has_references() {
-                continue;
-            }
-            let h = HeaderTemplate {
-                field: format!("incoming header {name}"),
-                name,
-                template,
-            };
-            let config = self.config.clone();
-            let compiled = self
-                .compile_template(&config, &h, true, &|_| None)
-                .map_err(|e| format!("{}: {e}", h.field))?;
-            extra.push(compiled);
-        }
-        Ok(extra)
-    }
-
-    /// Secrets beyond the configured ones that `extra` headers need.
-    fn extra_secrets(&self, extra: &[CompiledHeader]) -> Vec<usize> {
-        let mut needs: Vec<usize> = extra
-            .iter()
-            .flat_map(|h| &h.parts)
-            .filter_map(|p| match p {
-                Part::Ref(slot) => self.refs.get(*slot).map(|r| r.secret),
-                Part::Lit(_) => None,
-            })
-            .filter(|i| *i >= self.configured)
-            .collect();
-        needs.sort_unstable();
-        needs.dedup();
-        needs
     }
 
     /// A callout dispatched for `fetch` ended.
@@ -1193,6 +1150,11 @@ impl Engine {
         }
         self.drive_credentials(now, store, Owner::Root, out);
         for i in 0..self.secrets.len() {
+            if self.idle(i, now) || self.unvalued_incoming(i) {
+                // Named by requests: refreshed while in use, never retried
+                // from here (a request that needs it again fetches it).
+                continue;
+            }
             self.sync(i, store);
             let due = self.secrets.get(i).is_some_and(|s| {
                 s.fetch.is_none()
@@ -1329,22 +1291,27 @@ impl Engine {
         }
     }
 
-    /// Recompute the header-safe values of every reference to secret `i`.
+    /// Recompute the header-safe values of every configured reference to
+    /// secret `i` (the JSON parsed once), and forget the keys derived for
+    /// incoming references.
     fn derive(&mut self, i: usize) {
-        let value = self
-            .secrets
-            .get(i)
-            .and_then(|s| s.entry.as_ref())
-            .and_then(|e| e.value.clone());
+        let Some(s) = self.secrets.get_mut(i) else {
+            return;
+        };
+        s.keys.clear();
+        let value = s.entry.as_ref().and_then(|e| e.value.as_deref());
+        let mut parsed = None;
         for slot in self.refs.iter_mut().filter(|r| r.secret == i) {
-            slot.value = match &value {
-                None => Err("no value".into()),
-                Some(v) => match &slot.key {
-                    None => header_safe(v.clone()),
-                    Some(key) => secrets_manager::extract_key(v, key)
-                        .map_err(|e| format!("key '{key}': {e}"))
-                        .and_then(header_safe),
-                },
+            slot.value = match (value, &slot.key) {
+                (None, _) => Err("no value".into()),
+                (Some(v), None) => header_safe(v.to_string()),
+                (Some(v), Some(key)) => parsed
+                    .get_or_insert_with(|| secrets_manager::parse_object(v))
+                    .as_ref()
+                    .map_err(Clone::clone)
+                    .and_then(|object| secrets_manager::key_of(object, key))
+                    .map_err(|e| format!("key '{key}': {e}"))
+                    .and_then(header_safe),
             };
         }
     }
@@ -1396,12 +1363,15 @@ impl Engine {
         let Some(s) = self.secrets.get(i) else {
             return false;
         };
+        if s.incoming {
+            return true; // no lease records for names a client chose
+        }
         let until = now + u64::from(s.target.timeout_ms) + CALLOUT_GRACE_MS;
         Lease::acquire(store, &s.lease_key, self.holder, now, until)
     }
 
     fn release_lease(&mut self, i: usize, store: &mut dyn SharedStore) {
-        if let Some(s) = self.secrets.get(i) {
+        if let Some(s) = self.secrets.get(i).filter(|s| !s.incoming) {
             Lease::release(store, &s.lease_key, self.holder);
         }
     }
@@ -1522,7 +1492,13 @@ impl Engine {
         let Some(s) = self.secrets.get(i) else { return };
         let mut entry = self.base_entry(i, store);
         entry.fail(reason.clone(), cacheable, now, s.target.neg_ttl, jitter);
-        let current = cache::publish(store, &s.skey, &entry);
+        // A failure for a name a client chose stays here: junk must leave
+        // nothing behind in shared data.
+        let current = if s.incoming {
+            entry
+        } else {
+            cache::publish(store, &s.skey, &entry)
+        };
         let serving = if current.usable(now).is_some() {
             " (still serving the previous value)"
         } else {
@@ -1577,7 +1553,7 @@ impl Engine {
         let own_turn = self.waking == Waking::OwnCallbacks
             && matches!(owner, Owner::Ctx(c) if self.waiters.contains_key(&c));
         for pass in 0..3 {
-            if !self.dirty && !self.waiters_overdue(now) && !(own_turn && pass == 0) {
+            if !(self.dirty || self.waiters_overdue(now) || own_turn && pass == 0) {
                 return;
             }
             self.dirty = false;
@@ -1665,22 +1641,6 @@ impl Engine {
         }
     }
 
-    /// The configured headers plus `extra` ones (which replace a configured
-    /// header of the same name).
-    fn render_with(&mut self, extra: &[CompiledHeader]) -> Result<Rc<Rendered>, String> {
-        let base = self.render()?;
-        if extra.is_empty() {
-            return Ok(base);
-        }
-        let mut rendered = (*base).clone();
-        for h in extra {
-            let (name, value) = self.render_header(h)?;
-            rendered.request.retain(|(n, _)| *n != name);
-            rendered.request.push((name, value));
-        }
-        Ok(Rc::new(rendered))
-    }
-
     /// Render every configured header; cached until a secret value changes.
     fn render(&mut self) -> Result<Rc<Rendered>, String> {
         if let Some(r) = &self.rendered {
@@ -1721,19 +1681,7 @@ impl Engine {
                 }
             }
         }
-        if value.len() > MAX_HEADER_VALUE_LEN {
-            return Err(format!(
-                "header {} would be longer than {MAX_HEADER_VALUE_LEN} bytes",
-                h.name
-            ));
-        }
-        if value.chars().any(char::is_control) {
-            return Err(format!(
-                "header {} would contain control characters",
-                h.name
-            ));
-        }
-        Ok((h.name.clone(), value))
+        checked_header(&h.name, value)
     }
 
     /// `aws/prod/db (AWSCURRENT)`: names a secret in logs, never its value.
@@ -1759,6 +1707,19 @@ impl Engine {
         self.rng = x;
         (x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64
     }
+}
+
+/// A rendered header, if its value may be sent.
+fn checked_header(name: &str, value: String) -> Result<(String, String), String> {
+    if value.len() > MAX_HEADER_VALUE_LEN {
+        return Err(format!(
+            "header {name} would be longer than {MAX_HEADER_VALUE_LEN} bytes"
+        ));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(format!("header {name} would contain control characters"));
+    }
+    Ok((name.to_string(), value))
 }
 
 /// The value of an `env` vault reference, checked like a fetched secret.
@@ -1792,7 +1753,10 @@ fn header_safe(value: String) -> Result<String, String> {
     Ok(value)
 }
 
+mod incoming;
 pub mod vm;
+
+use incoming::IncomingHeader;
 
 #[cfg(test)]
 mod tests;
