@@ -267,13 +267,19 @@ impl RootContext for Root {
         let env = |k: &str| std::env::var(k).ok();
         let (id, now, seed) = (self.id, now_ms(), seed());
         let configured = run(Owner::Root, now, |vm, host, out| {
+            let waking = vm.waking();
             vm.configure(id, &text, &env, seed, host, out)
+                .map(|secrets| (secrets, waking))
         });
         match configured {
-            Some((Ok(secrets), _)) => {
+            Some((Ok((secrets, waking)), _)) => {
+                let host = match waking {
+                    Waking::AnyContext => "paused requests resumed from any context",
+                    Waking::OwnCallbacks => "paused requests continued from their own callouts",
+                };
                 log(
                     Level::Info,
-                    &format!("configuration accepted ({secrets} secrets)"),
+                    &format!("configuration accepted ({secrets} secrets; {host})"),
                 );
                 // Kong traps on a second non-zero set_tick_period.
                 if !self.tick_started {
