@@ -5,9 +5,10 @@
 //!   [`MAX_VALUE_LEN`] bytes, at most [`MAX_REFERENCES`] references in all.
 //! - Secrets named only by requests live beside the configured ones in a
 //!   table of their own of [`MAX_SECRETS`], least recently used evicted
-//!   first; a new one is admitted at most [`NEW_PER_SECOND`] per second
-//!   (bursts of [`NEW_BURST`]), so junk names cost a bounded number of
-//!   GetSecretValue calls. Unused for [`IDLE_MS`], they are neither
+//!   first; a name not cached anywhere yet is admitted at most
+//!   [`NEW_PER_SECOND`] per second (bursts of [`NEW_BURST`]), so junk names
+//!   cost a bounded number of GetSecretValue calls (one each); a name whose
+//!   value is in shared data costs no fetch and is always admitted. Unused for [`IDLE_MS`], they are neither
 //!   refreshed nor retried. They take no fetch lease and publish only
 //!   values, never failures, so junk leaves nothing in shared data.
 //! - Keys of a secret named by requests: derived on demand, at most
@@ -20,6 +21,7 @@ use std::rc::Rc;
 use super::{checked_header, header_safe, Engine, Rendered};
 use crate::aws::secrets_manager;
 use crate::config::Resolved;
+use crate::host::SharedStore;
 use crate::template::Segment;
 
 /// Most secrets named only by requests, per root and worker.
@@ -89,6 +91,7 @@ impl Engine {
         &mut self,
         incoming: &[(&str, &str)],
         now: u64,
+        store: &dyn SharedStore,
     ) -> Result<Vec<IncomingHeader>, String> {
         for (k, (name, _)) in incoming.iter().enumerate() {
             let again = incoming
@@ -149,7 +152,7 @@ impl Engine {
                     Ok(Resolved::Aws(r)) => *r,
                 };
                 let secret = self
-                    .incoming_secret(resolved.target, now, &pinned)
+                    .incoming_secret(resolved.target, now, &pinned, store)
                     .map_err(|e| format!("{field}: {e}"))?;
                 pinned.push(secret);
                 parts.push(Part::Ref {
@@ -170,6 +173,7 @@ impl Engine {
         target: crate::config::SecretTarget,
         now: u64,
         pinned: &[usize],
+        store: &dyn SharedStore,
     ) -> Result<usize, String> {
         let descriptor = target.descriptor();
         if let Some(i) = self.secrets.iter().position(|s| s.descriptor == descriptor) {
@@ -194,7 +198,9 @@ impl Engine {
                 }
             }
         };
-        if !self.admission.take(now) {
+        let cached = crate::cache::load(store, &crate::cache::shared_key(&descriptor), &descriptor)
+            .is_some_and(|e| e.value.is_some());
+        if !cached && !self.admission.take(now) {
             return Err(format!(
                 "too many new secrets named by requests (at most {NEW_PER_SECOND} per second)"
             ));

@@ -609,7 +609,7 @@ impl Engine {
         store: &mut dyn SharedStore,
         out: &mut Vec<Action>,
     ) -> Decision {
-        let extra = match self.compile_incoming(incoming, now) {
+        let extra = match self.compile_incoming(incoming, now, store) {
             Ok(extra) => extra,
             Err(reason) => {
                 self.reject_log(None, &reason, out);

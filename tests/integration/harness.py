@@ -412,6 +412,29 @@ def envoy_config(plugin_config: dict | None, *, listen_port: int, admin_port: in
                          *(_cluster(name, port) for name, port in (clusters or {}).items())]}}
 
 
+def lds_bootstrap(*, admin_port: int, lds_path: Path, echo_port: int, moto_port: int) -> dict:
+    """A bootstrap whose listeners come from `lds_path` (see `write_lds`), re-read when the
+    file is replaced: a configuration push, as a control plane would send it."""
+    return {
+        "node": {"id": "aws-vault-test", "cluster": "aws-vault-test"},
+        "admin": {"address": _addr(admin_port)},
+        "dynamic_resources": {"lds_config": {"path_config_source": {"path": str(lds_path)},
+                                             "resource_api_version": "V3"}},
+        "static_resources": {"clusters": [_cluster("echo", echo_port),
+                                          _cluster("moto", moto_port)]}}
+
+
+def write_lds(lds_path: Path, version: str, port: int, plugin_configs: list[dict],
+              wasm: Path | str = WASM) -> None:
+    """Replace the LDS file atomically (Envoy watches for the rename) with one listener
+    `ingress` on `port` running these aws_vault filters."""
+    listener = _listener("ingress", port, plugin_configs, wasm, ())
+    listener["@type"] = "type.googleapis.com/envoy.config.listener.v3.Listener"
+    tmp = lds_path.with_name(lds_path.name + ".tmp")
+    tmp.write_text(json.dumps({"version_info": version, "resources": [listener]}))
+    os.replace(tmp, lds_path)
+
+
 def write_config(config: dict, directory: Path) -> Path:
     """Write an Envoy bootstrap as YAML (JSON is YAML) into `directory`."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -433,7 +456,8 @@ class Envoy:
 
     def __init__(self, config_file: Path | str, *, listen_port: int, admin_port: int,
                  env: dict | None = None, concurrency: int = 2, log_level: str = "info",
-                 log_dir: Path | None = None, cwd: Path | str = REPO, timeout: float = 60):
+                 log_dir: Path | None = None, cwd: Path | str = REPO, timeout: float = 60,
+                 extra_args: tuple[str, ...] = ()):
         self.config_file = Path(config_file)
         self.url = f"http://{LOCALHOST}:{listen_port}"
         self.urls = [self.url]
@@ -443,7 +467,7 @@ class Envoy:
         self.http.trust_env = False
         argv = [venv_bin("envoy"), "-c", str(self.config_file), "--concurrency", str(concurrency),
                 "--log-level", log_level, "--component-log-level", "wasm:trace",
-                "--disable-hot-restart"]
+                "--disable-hot-restart", *extra_args]
         log_path = Path(log_dir or self.config_file.parent) / f"envoy-{listen_port}.log"
         self.proc = Proc("envoy", argv, log_path, env=clean_env(env), cwd=cwd)
         ENVOY_LOGS.append(log_path)
