@@ -3,7 +3,7 @@
 # any mode for the read-only checks): a service, a route, and a filter chain
 # running the aws_vault filter on that route.
 #
-#   KONG_ADMIN_URL=http://localhost:8001 kong/admin-api.sh
+#   KONG_ADMIN_URL=http://localhost:8001 BACKEND_URL=http://10.0.0.5:8080 kong/admin-api.sh
 #
 # Kong validates the filter's "config" object against aws_vault.meta.json's
 # config_schema (a bad config is answered 400 here); the filter's own parser runs
@@ -25,23 +25,26 @@ post() { # post PATH: JSON body from stdin; fails on a non-2xx answer
 #    if aws_vault.meta.json is not beside it).
 curl -sS --fail-with-body "$ADMIN/schemas/filters/aws_vault" >/dev/null
 
-# 1. The service: an echo upstream that shows the request headers it receives.
-post /services <<'JSON'
-{ "name": "echo", "url": "https://httpbin.konghq.com" }
+# 1. The service: YOUR backend on a private address (BACKEND_URL). Never a public
+#    echo service (httpbin and the like): it would show the injected secrets to
+#    anyone who calls the route. To see the headers, run an echo of your own on
+#    loopback and point BACKEND_URL at it.
+post /services <<JSON
+{ "name": "backend", "url": "${BACKEND_URL:-http://127.0.0.1:9000}" }
 JSON
 
 # 2. A route to it.
-post /services/echo/routes <<'JSON'
-{ "name": "echo-route", "paths": ["/anything"], "strip_path": false }
+post /services/backend/routes <<'JSON'
+{ "name": "backend-route", "paths": ["/api"], "strip_path": false }
 JSON
 
 # 3. The filter chain on the route. "config" is a JSON object (not a string):
 #    with aws_vault.meta.json present, Kong validates it and passes it to the
 #    filter JSON-encoded. No "upstream": for real AWS the filter calls
 #    secretsmanager.<region>.amazonaws.com:443 over TLS (":scheme: https").
-post /routes/echo-route/filter-chains <<'JSON'
+post /routes/backend-route/filter-chains <<'JSON'
 {
-  "name": "aws-vault-echo",
+  "name": "aws-vault-backend",
   "filters": [
     {
       "name": "aws_vault",
@@ -75,5 +78,5 @@ post /routes/echo-route/filter-chains <<'JSON'
 }
 JSON
 
-# 4. Try it: the echo shows the injected headers (503 if a secret is unavailable).
-#    curl -i http://localhost:8000/anything
+# 4. Try it: the backend receives the injected headers (503 if a secret is unavailable).
+#    curl -i http://localhost:8000/api
