@@ -547,6 +547,19 @@ def rust_signing_bench(quick: bool, workdir: Path, cargo_dir: Path = REPO) -> di
 
 # --------------------------------------------------------------------------- main
 
+def simulations() -> dict:
+    """The native simulations (the engine itself driven by the fake proxy, simulated time):
+    examples/cold_burst.rs."""
+    env = {**os.environ, "CARGO_PROFILE_RELEASE_PANIC": "unwind"}
+    out = {}
+    for name in ("cold_burst",):
+        log(f"simulation {name}")
+        run = subprocess.run(["cargo", "run", "--quiet", "--release", "--example", name],
+                             cwd=REPO, capture_output=True, text=True, check=True, env=env)
+        out[name] = json.loads(run.stdout.strip().splitlines()[-1])
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="short run (noisy): checks the machinery")
@@ -559,6 +572,8 @@ def main():
     ap.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
     ap.add_argument("--skip-build", action="store_true", help="use build/aws_vault.wasm as is")
     ap.add_argument("--skip-rust-bench", action="store_true")
+    ap.add_argument("--sim-only", action="store_true",
+                    help="run only the native simulations and merge them into the results JSON")
     ap.add_argument("--cargo-dir", type=Path, default=REPO,
                     help="crate to run `cargo bench --bench sigv4` in (default: this repo)")
     ap.add_argument("--out", type=Path, help="results JSON (default bench/results.json, "
@@ -569,6 +584,13 @@ def main():
     warmup = args.warmup if args.warmup is not None else (1 if args.quick else 3)
     out = args.out or BENCH / ("results-quick.json" if args.quick else "results.json")
     t_begin = time.monotonic()
+    if args.sim_only:
+        results = json.loads(out.read_text()) if out.exists() else {}
+        results["simulations"] = simulations()
+        out.write_text(json.dumps(results, indent=2) + "\n")
+        log(f"wrote {out}")
+        print_simulations(results["simulations"])
+        return
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)  # the cold burst's sockets
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
 
@@ -603,6 +625,8 @@ def main():
         results["sigv4_native"] = {"skipped": "--skip-rust-bench"}
     else:
         results["sigv4_native"] = rust_signing_bench(args.quick, workdir, args.cargo_dir)
+
+    results["simulations"] = simulations()
 
     moto = Moto(workdir / "moto")
     started: list[Envoy] = []
@@ -679,6 +703,16 @@ def main():
     shutil.rmtree(workdir, ignore_errors=True)
 
 
+def print_simulations(sims: dict):
+    for r in sims.get("cold_burst", []):
+        w = r["wait_ms"]
+        print(f"cold burst ({r['host']:5s} semantics, {r['name']:15s}): {r['requests']} requests, "
+              f"{r['secrets']} secrets, {r['workers']} workers, AWS {r['aws_latency_ms']} ms: "
+              f"{r['get_secret_value_calls']:4d} GetSecretValue, {r['answered_200']} answered, "
+              f"wait p50/p99/max {w['p50']}/{w['p99']}/{w['max']} ms, "
+              f"{r['still_paused']} left paused")
+
+
 def goals(res: dict) -> dict:
     ratios = res["warm"]["ratios"]
     cold = res["cold_start"]
@@ -719,6 +753,7 @@ def goals(res: dict) -> dict:
 def print_summary(res: dict):
     w = res["warm"]["configs"]
     print()
+    print_simulations(res.get("simulations", {}))
     print(f"{'config':12s} {'req/s':>9s} {'p50 ms':>8s} {'p99 ms':>8s} {'CPU µs/req':>11s}")
     for c in CONFIGS:
         s = w[c]

@@ -654,13 +654,16 @@ impl Engine {
     }
 
     /// Kong ([`Waking::OwnCallbacks`]): make sure the paused request `ctx`
-    /// owns a callout in flight, whose answer is the only callback that can
-    /// continue it. Its own GetSecretValue for the first secret it lacks
-    /// (published to shared data like any other; the proxy-wide lease is
-    /// taken when free), or, while credentials are being fetched, its own
-    /// step of the provider or a copy of the step in flight. `Err`: nothing
-    /// can be sent, the request is failed rather than left to hang. Envoy
-    /// needs none of this: any callback resumes any request.
+    /// owns a callout in flight, since only its answer can continue it (the
+    /// host continues the request by itself once its last callout is handled).
+    /// Secrets it lacks that nobody fetches yet are fetched from its context,
+    /// in parallel, under their leases (the answers are published for
+    /// everyone as usual). When every missing secret is already being fetched
+    /// (here or by another worker), it sends one copy of the fetch expected
+    /// to land last, to be woken then; while credentials are being fetched,
+    /// its own step of the provider or a copy of the step in flight. `Err`:
+    /// nothing can be sent, the request is failed rather than left to hang.
+    /// Envoy needs none of this: any callback resumes any request.
     fn wake(
         &mut self,
         ctx: u32,
@@ -670,40 +673,68 @@ impl Engine {
         out: &mut Vec<Action>,
     ) -> Result<(), String> {
         let owner = Owner::Ctx(ctx);
-        if self.waking == Waking::AnyContext || self.fetches.values().any(|f| f.owner == owner) {
+        if self.waking == Waking::AnyContext || self.owns_callout(owner) {
             return Ok(());
         }
-        let missing = (0..self.configured)
+        let missing: Vec<usize> = (0..self.configured)
             .chain(needs.iter().copied())
-            .find(|&i| {
+            .filter(|&i| {
                 self.secrets
                     .get(i)
                     .and_then(|s| s.entry.as_ref())
                     .and_then(|e| e.usable(now))
                     .is_none()
-            });
-        let Some(i) = missing else {
-            return Ok(()); // all usable: the caller resumes it
+            })
+            .collect();
+        // Secrets nobody fetches yet: fetch them all now.
+        for &i in &missing {
+            if self.in_flight(i).is_some() {
+                continue;
+            }
+            let Some(slot) = self.secrets.get(i).map(|s| s.slot) else {
+                continue;
+            };
+            match self.poll_credentials(slot, now, store, owner, true, out) {
+                Ok(Some(credentials)) => {
+                    if !self.take_lease(i, now, store) {
+                        continue; // another worker fetches it
+                    }
+                    if !self.dispatch_secret(i, credentials, now, store, owner, true, out) {
+                        return Err(self.failure(i));
+                    }
+                }
+                Ok(None) => {} // credentials on their way (maybe from this context)
+                Err(why) => {
+                    self.stats.failed("credentials");
+                    return Err(format!("{}: no AWS credentials: {why}", self.describe(i)));
+                }
+            }
+        }
+        if self.owns_callout(owner) {
+            return Ok(());
+        }
+        // Everything missing is on its way: a copy of the fetch expected to
+        // land last wakes this request when the rest has landed too.
+        let Some(&first) = missing.first() else {
+            return Ok(()); // all usable: the caller continues it
         };
-        let Some(slot) = self.secrets.get(i).map(|s| s.slot) else {
+        let last = missing
+            .iter()
+            .copied()
+            .max_by_key(|&i| self.in_flight(i).unwrap_or(0))
+            .unwrap_or(first);
+        let Some(slot) = self.secrets.get(last).map(|s| s.slot) else {
             return Err("internal: unknown secret".into());
         };
         match self.poll_credentials(slot, now, store, owner, true, out) {
             Ok(Some(credentials)) => {
-                let leased = self.take_lease(i, now, store);
-                if self.dispatch_secret(i, credentials, now, store, owner, leased, out) {
-                    return Ok(());
+                if self.dispatch_secret(last, credentials, now, store, owner, false, out) {
+                    Ok(())
+                } else {
+                    Err(self.failure(last))
                 }
-                // Signing failed (recorded): the request fails with it.
-                let reason = self
-                    .secrets
-                    .get(i)
-                    .and_then(|s| s.entry.as_ref())
-                    .and_then(|e| e.error.clone())
-                    .unwrap_or_else(|| "fetch failed".into());
-                Err(format!("{}: {reason}", self.describe(i)))
             }
-            Ok(None) if self.fetches.values().any(|f| f.owner == owner) => Ok(()),
+            Ok(None) if self.owns_callout(owner) => Ok(()),
             Ok(None) => {
                 let resend = self.fetches.values().find_map(|f| match &f.kind {
                     FetchKind::Credentials { slot: s, sent, .. } if *s == slot => {
@@ -714,7 +745,7 @@ impl Engine {
                 let Some(sent) = resend else {
                     return Err(format!(
                         "{}: waiting for AWS credentials with no callout to wait on",
-                        self.describe(i)
+                        self.describe(last)
                     ));
                 };
                 let id = self.next_fetch;
@@ -737,10 +768,36 @@ impl Engine {
             }
             Err(why) => {
                 self.stats.failed("credentials");
-                Err(format!("{}: no AWS credentials: {why}", self.describe(i)))
+                Err(format!("{}: no AWS credentials: {why}", self.describe(last)))
             }
         }
     }
+
+    fn owns_callout(&self, owner: Owner) -> bool {
+        self.fetches.values().any(|f| f.owner == owner)
+    }
+
+    /// The deadline of the latest GetSecretValue in flight here for secret
+    /// `i` (later deadline: sent later), if any.
+    fn in_flight(&self, i: usize) -> Option<u64> {
+        self.fetches
+            .values()
+            .filter(|f| matches!(f.kind, FetchKind::Secret { secret, .. } if secret == i))
+            .map(|f| f.deadline)
+            .max()
+    }
+
+    /// Why secret `i` has no value, for a request's 503.
+    fn failure(&self, i: usize) -> String {
+        let reason = self
+            .secrets
+            .get(i)
+            .and_then(|s| s.entry.as_ref())
+            .and_then(|e| e.error.clone())
+            .unwrap_or_else(|| "fetch failed".into());
+        format!("{}: {reason}", self.describe(i))
+    }
+
 
     /// A callout dispatched for `fetch` ended.
     pub fn on_callout(

@@ -241,7 +241,7 @@ fn kong_cold_burst_every_request_is_answered() {
 }
 
 #[test]
-fn kong_waiters_with_several_missing_secrets_wait_one_callout_at_a_time() {
+fn kong_waiters_fetch_missing_secrets_at_once_and_go_on_after_the_last() {
     let mut p = proxy(HostKind::Kong, 1);
     p.configure(
         A,
@@ -249,10 +249,19 @@ fn kong_waiters_with_several_missing_secrets_wait_one_callout_at_a_time() {
     )
     .unwrap();
     let ctx = p.request(0, A, &[]);
-    assert_eq!(p.in_flight.len(), 1, "one own callout");
+    assert_eq!(p.in_flight.len(), 2, "both fetched from its own context");
+    let first = *p.in_flight.keys().next().unwrap();
+    p.answer(first);
+    assert_eq!(p.state(ctx), &State::Paused, "continued only after its last callout");
+    // A second request while both are known to be on their way: one copy only.
+    let later = p.request(0, A, &[]);
+    assert_eq!(p.in_flight.len(), 2);
     p.answer_all();
-    assert_eq!(p.header(ctx, "x-1"), Some("value-of-a"));
-    assert_eq!(p.header(ctx, "x-2"), Some("value-of-b"));
+    for c in [ctx, later] {
+        assert_eq!(p.header(c, "x-1"), Some("value-of-a"));
+        assert_eq!(p.header(c, "x-2"), Some("value-of-b"));
+    }
+    assert_eq!(p.aws.get_secret_value_calls, 3);
     assert_clean(&p);
 }
 

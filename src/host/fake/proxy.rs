@@ -49,6 +49,9 @@ pub struct Request {
     /// Response headers the filter will set.
     pub response: Option<Rc<Rendered>>,
     pub gone: bool,
+    /// When it arrived, and when the filter let it go or answered it.
+    pub arrived_at: u64,
+    pub settled_at: Option<u64>,
 }
 
 /// A callout the host is carrying.
@@ -59,6 +62,8 @@ pub struct InFlight {
     pub upstream: String,
     pub request: HttpRequest,
     pub timeout_ms: u32,
+    /// When it was sent (simulated time).
+    pub sent_at: u64,
 }
 
 /// What the fake AWS answers: GetSecretValue from a table of secrets
@@ -191,6 +196,7 @@ impl Host for Running<'_> {
                 upstream: upstream.to_string(),
                 request: request.clone(),
                 timeout_ms,
+                sent_at: self.proxy.now,
             },
         );
         Ok(token)
@@ -329,6 +335,8 @@ impl FakeProxy {
                 state: State::Paused,
                 response: None,
                 gone: false,
+                arrived_at: self.now,
+                settled_at: None,
             },
         );
         let (decision, own) = self.run(worker, Owner::Ctx(ctx), |vm, store, now, out| {
@@ -361,6 +369,9 @@ impl FakeProxy {
             self.violations
                 .push(format!("request {ctx} acted on again after {:?}", r.state));
             return;
+        }
+        if own != Own::Untouched {
+            r.settled_at = Some(self.now);
         }
         match own {
             Own::Untouched => {}
@@ -439,6 +450,21 @@ impl FakeProxy {
             }
             None => {
                 self.in_flight.remove(&token);
+            }
+        }
+    }
+
+    /// Answer, from the fake AWS, every callout sent at least `latency_ms` ago.
+    pub fn answer_due(&mut self, latency_ms: u64) {
+        loop {
+            let due = self
+                .in_flight
+                .iter()
+                .find(|(_, c)| c.sent_at + latency_ms <= self.now)
+                .map(|(t, _)| *t);
+            match due {
+                Some(token) => self.answer(token),
+                None => return,
             }
         }
     }
