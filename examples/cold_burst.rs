@@ -27,15 +27,21 @@ fn run(s: &Scenario) -> serde_json::Value {
     let mut p = FakeProxy::new(s.kind, s.workers);
     let mut headers = serde_json::Map::new();
     for i in 0..s.secrets {
-        p.aws.secrets.insert(format!("cold-{i}"), format!("value-{i}"));
-        headers.insert(format!("x-s{i}"), format!("{{vault://aws/cold-{i}}}").into());
+        p.aws
+            .secrets
+            .insert(format!("cold-{i}"), format!("value-{i}"));
+        headers.insert(
+            format!("x-s{i}"),
+            format!("{{vault://aws/cold-{i}}}").into(),
+        );
     }
     let config = serde_json::json!({
         "aws": {"region": "us-east-1", "endpoint_url": "https://secretsmanager.us-east-1.amazonaws.com",
                 "ttl": 300},
         "request_headers": headers,
     });
-    p.configure(ROOT, &config.to_string()).unwrap_or_else(|e| panic!("{e}"));
+    p.configure(ROOT, &config.to_string())
+        .unwrap_or_else(|e| panic!("{e}"));
     let t0 = p.now;
     let arrivals: Vec<u64> = (0..s.requests)
         .map(|i| s.start_ms + (i as u64 * s.spread_ms) / s.requests.max(1) as u64)

@@ -768,7 +768,10 @@ impl Engine {
             }
             Err(why) => {
                 self.stats.failed("credentials");
-                Err(format!("{}: no AWS credentials: {why}", self.describe(last)))
+                Err(format!(
+                    "{}: no AWS credentials: {why}",
+                    self.describe(last)
+                ))
             }
         }
     }
@@ -797,7 +800,6 @@ impl Engine {
             .unwrap_or_else(|| "fetch failed".into());
         format!("{}: {reason}", self.describe(i))
     }
-
 
     /// A callout dispatched for `fetch` ended.
     pub fn on_callout(

@@ -252,7 +252,11 @@ fn kong_waiters_fetch_missing_secrets_at_once_and_go_on_after_the_last() {
     assert_eq!(p.in_flight.len(), 2, "both fetched from its own context");
     let first = *p.in_flight.keys().next().unwrap();
     p.answer(first);
-    assert_eq!(p.state(ctx), &State::Paused, "continued only after its last callout");
+    assert_eq!(
+        p.state(ctx),
+        &State::Paused,
+        "continued only after its last callout"
+    );
     // A second request while both are known to be on their way: one copy only.
     let later = p.request(0, A, &[]);
     assert_eq!(p.in_flight.len(), 2);
