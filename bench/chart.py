@@ -14,49 +14,111 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-CONFIGS = ["none", "native", "wasm_empty", "wasm_1ref", "wasm_4ref"]
+# Display order; a results file shows the configs it has (older ones have no floor).
+ORDER = ["none", "native", "floor", "wasm_empty", "wasm_1ref", "wasm_4ref"]
 LABELS = {"none": "no filter", "native": "native\ncredential_injector",
-          "wasm_empty": "aws_vault\nnothing to inject", "wasm_1ref": "aws_vault\n1 reference", "wasm_4ref": "aws_vault\n4 refs / 2 secrets"}
-COLORS = {"none": "#9e9e9e", "native": "#5c85d6", "wasm_empty": "#f2c14e", "wasm_1ref": "#e07b39", "wasm_4ref": "#c0504d"}
+          "floor": "proxy-wasm\nfloor", "wasm_empty": "aws_vault\nnothing to inject",
+          "wasm_1ref": "aws_vault\n1 reference", "wasm_4ref": "aws_vault\n4 refs / 2 secrets"}
+COLORS = {"none": "#9e9e9e", "native": "#5c85d6", "floor": "#4caf50", "wasm_empty": "#f2c14e",
+          "wasm_1ref": "#e07b39", "wasm_4ref": "#c0504d"}
+
+
+def _configs(res: dict) -> list[str]:
+    have = res["warm"]["configs"]
+    return [c for c in ORDER if c in have] + [c for c in have if c not in ORDER]
 
 
 def _ratio_text(res: dict, c: str, key: str) -> str:
     r = res["warm"]["ratios"]
     parts = []
-    if f"{c}/none" in r:
-        parts.append(f"{r[f'{c}/none'][key]:.3f}× none")
-    if f"{c}/native" in r:
-        parts.append(f"{r[f'{c}/native'][key]:.3f}× native")
+    for base in ("none", "native"):
+        if f"{c}/{base}" in r:
+            parts.append(f"{r[f'{c}/{base}'][key]:.3f}× {base}")
     return "\n".join(parts)
+
+
+def _bars(ax, res, configs, values, texts, title, ylabel, err=None):
+    xs = range(len(configs))
+    ax.bar(xs, values, color=[COLORS.get(c, "#777777") for c in configs], yerr=err, capsize=4)
+    for x, t in enumerate(texts):
+        ax.text(x, values[x] * 0.5, t, ha="center", va="center", fontsize=7.5, color="white",
+                fontweight="bold")
+    ax.set_title(title, fontsize=10)
+    ax.set_xticks(list(xs), [LABELS.get(c, c) for c in configs], fontsize=7.5)
+    ax.set_ylabel(ylabel)
+
+
+def _paired(ax, res, key, title, ylabel, goal, goal_text, ref, fmt):
+    """Per-round paired values against the floor (dots) and their median (bar)."""
+    vs = res["warm"].get("vs_floor")
+    if not vs:
+        ax.axis("off")
+        ax.text(0.5, 0.5, "no floor in these results", ha="center", va="center")
+        return
+    configs = [c for c in _configs(res) if c in vs]
+    xs = range(len(configs))
+    meds = [vs[c][f"{key}_median"] for c in configs]
+    ax.bar(xs, [m - ref for m in meds], bottom=ref, width=0.6, alpha=0.45,
+           color=[COLORS.get(c, "#777777") for c in configs])
+    for x, c in enumerate(configs):
+        pts = vs[c][f"{key}_per_round"]
+        n = len(pts)
+        jitter = [(i - (n - 1) / 2) * (0.4 / max(n, 1)) for i in range(n)]
+        ax.scatter([x + j for j in jitter], pts, s=14, color=COLORS.get(c, "#777777"),
+                   edgecolor="black", linewidth=0.4, zorder=3)
+        ax.text(x, max(pts + [meds[x]]), f"{fmt(meds[x])}\n[{fmt(min(pts))}..{fmt(max(pts))}]",
+                ha="center", va="bottom", fontsize=7)
+    ax.axhline(ref, color="#4caf50", linewidth=1.2, label="floor (same round)")
+    ax.axhline(goal, color="#c0504d", linestyle="--", linewidth=1, label=goal_text)
+    ax.margins(y=0.25)
+    ax.set_title(title, fontsize=10)
+    ax.set_xticks(list(xs), [LABELS.get(c, c) for c in configs], fontsize=7.5)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=7, loc="best")
 
 
 def chart(res: dict, png: Path):
     warm = res["warm"]["configs"]
+    configs = _configs(res)
     m = res["machine"]
     v = m["versions"]
-    fig, axes = plt.subplots(2, 2, figsize=(13, 9))
-    (ax_rps, ax_lat), (ax_cpu, ax_txt) = axes
-    xs = range(len(CONFIGS))
-    labels = [LABELS[c] for c in CONFIGS]
-    colors = [COLORS[c] for c in CONFIGS]
+    fig, axes = plt.subplots(3, 2, figsize=(13, 13.5))
+    (ax_rps, ax_cpu), (ax_dcpu, ax_ratio), (ax_lat, ax_txt) = axes
+    xs = range(len(configs))
+    labels = [LABELS.get(c, c) for c in configs]
+    colors = [COLORS.get(c, "#777777") for c in configs]
 
     # Throughput: median, whiskers = min..max over rounds; per-round ratio medians on bars.
-    med = [warm[c]["rps_median"] for c in CONFIGS]
-    lo = [warm[c]["rps_median"] - warm[c]["rps_min"] for c in CONFIGS]
-    hi = [warm[c]["rps_max"] - warm[c]["rps_median"] for c in CONFIGS]
-    ax_rps.bar(xs, med, color=colors, yerr=[lo, hi], capsize=4)
-    for x, c in enumerate(CONFIGS):
-        ax_rps.text(x, med[x] * 0.5, f"{med[x]:,.0f}\n{_ratio_text(res, c, 'rps_median')}",
-                    ha="center", va="center", fontsize=8, color="white", fontweight="bold")
-    ax_rps.set_title("Warm throughput (req/s, median of rounds; bars: min–max)\n"
-                     "ratios = medians of per-round ratios", fontsize=10)
-    ax_rps.set_xticks(list(xs), labels, fontsize=8)
-    ax_rps.set_ylabel("requests/s")
+    med = [warm[c]["rps_median"] for c in configs]
+    lo = [warm[c]["rps_median"] - warm[c]["rps_min"] for c in configs]
+    hi = [warm[c]["rps_max"] - warm[c]["rps_median"] for c in configs]
+    _bars(ax_rps, res, configs, med,
+          [f"{med[x]:,.0f}\n{_ratio_text(res, c, 'rps_median')}" for x, c in enumerate(configs)],
+          "Warm throughput (req/s, median of rounds; bars: min–max)\n"
+          "ratios = medians of per-round ratios", "requests/s", err=[lo, hi])
+
+    # Envoy CPU per request.
+    cpu = [warm[c]["envoy_cpu_us_per_req_median"] for c in configs]
+    _bars(ax_cpu, res, configs, cpu,
+          [f"{cpu[x]:.1f} µs\n{_ratio_text(res, c, 'cpu_per_req_median')}"
+           for x, c in enumerate(configs)],
+          "CPU time of the Envoy under test per request (µs, median)", "µs CPU / request")
+
+    # Paired with the floor, round by round.
+    rounds = res["setup"].get("rounds", "?")
+    _paired(ax_dcpu, res, "cpu_us_diff",
+            f"CPU µs/request minus the floor's, same round\n(dots: {rounds} rounds; "
+            "bar and label: median [min..max])", "µs CPU / request − floor",
+            1.0, "goal for aws_vault 1 ref: ≤ +1 µs", 0.0, lambda x: f"{x:+.2f}")
+    _paired(ax_ratio, res, "rps_ratio",
+            f"Requests/s ÷ the floor's, same round\n(dots: {rounds} rounds; "
+            "bar and label: median [min..max])", "req/s ÷ floor",
+            0.99, "goal for aws_vault 1 ref: ≥ 0.99", 1.0, lambda x: f"{x:.3f}")
 
     # Latency p50 / p99.
     w = 0.38
-    p50 = [warm[c]["p50_ms_median"] for c in CONFIGS]
-    p99 = [warm[c]["p99_ms_median"] for c in CONFIGS]
+    p50 = [warm[c]["p50_ms_median"] for c in configs]
+    p99 = [warm[c]["p99_ms_median"] for c in configs]
     ax_lat.bar([x - w / 2 for x in xs], p50, w, label="p50", color=colors, alpha=0.6)
     ax_lat.bar([x + w / 2 for x in xs], p99, w, label="p99", color=colors)
     for x in xs:
@@ -64,25 +126,13 @@ def chart(res: dict, png: Path):
         ax_lat.text(x + w / 2, p99[x], f"{p99[x]:.2f}", ha="center", va="bottom", fontsize=7)
     ax_lat.set_title(f"Latency at saturation (ms; {res['setup']['load_generator']})\n"
                      "left bar p50, right bar p99", fontsize=10)
-    ax_lat.set_xticks(list(xs), labels, fontsize=8)
+    ax_lat.set_xticks(list(xs), labels, fontsize=7.5)
     ax_lat.set_ylabel("ms")
-
-    # Envoy CPU per request.
-    cpu = [warm[c]["envoy_cpu_us_per_req_median"] for c in CONFIGS]
-    ax_cpu.bar(xs, cpu, color=colors)
-    for x, c in enumerate(CONFIGS):
-        ax_cpu.text(x, cpu[x] * 0.5,
-                    f"{cpu[x]:.1f} µs\n{_ratio_text(res, c, 'cpu_per_req_median')}",
-                    ha="center", va="center", fontsize=8, color="white", fontweight="bold")
-    ax_cpu.set_title("CPU time of the Envoy under test per request (µs, median)", fontsize=10)
-    ax_cpu.set_xticks(list(xs), labels, fontsize=8)
-    ax_cpu.set_ylabel("µs CPU / request")
 
     # Cold start, resources, goals.
     ax_txt.axis("off")
     cold = res["cold_start"]
     sig = res.get("sigv4_native", {}).get("functions", {})
-    rss = res["rss_kib_after_load"]
     lines = [
         f"Cold start: {cold['k_secrets']} secrets, {cold['m_requests']} requests at once,"
         f" {cold['envoy_workers']} workers",
@@ -95,10 +145,23 @@ def chart(res: dict, png: Path):
         f"  AWS round trip max {cold['aws_round_trip_ms']['max']:.0f} ms; all secrets in"
         f" {cold['secrets_ready_ms']:.0f} ms after the 1st request",
         "",
-        f"Release .wasm: {res['wasm_bytes'] / 1024:.0f} KiB ({res['wasm_bytes']:,} bytes)",
-        "Envoy VmRSS after load (MiB):",
-        "  " + ", ".join(f"{c} {rss[c]['VmRSS'] / 1024:.1f}" for c in CONFIGS),
+        f"aws_vault .wasm: {res['wasm_bytes'] / 1024:.0f} KiB ({res['wasm_bytes']:,} bytes)"
+        + (f"; floor {res['floor_wasm_bytes']:,} bytes" if "floor_wasm_bytes" in res else ""),
     ]
+    rss = res.get("rss")
+    if rss:
+        names = rss["configs"]
+        lines.append(f"Envoy VmRSS after {rss['requests']} requests (MiB):")
+        lines.append("  workers " + "".join(f"{n:>10s}" for n in names) + "  1ref−floor")
+        for workers, row in rss["workers"].items():
+            lines.append(f"  {workers:>7s} " + "".join(f"{row[n]['VmRSS'] / 1024:10.1f}"
+                                                       for n in names)
+                         + f"  {rss['wasm_1ref_minus_floor_kib'][workers] / 1024:+9.1f}")
+    else:
+        after = res["rss_kib_after_load"]
+        lines.append("Envoy VmRSS after load (MiB):")
+        lines.append("  " + ", ".join(f"{c} {after[c]['VmRSS'] / 1024:.1f}" for c in configs
+                                      if c in after))
     if sig:
         lines.append("SigV4, native (median µs):")
         lines.append("  " + ", ".join(
@@ -120,7 +183,7 @@ def chart(res: dict, png: Path):
         val = f"{val:.3f}" if isinstance(val, float) else f"{val}"
         goal = g["goal"].split(" (")[0]
         lines.append(f"  {'✓' if g['met'] else '✗'} {name}: {val} (goal {goal})")
-    ax_txt.text(0, 1, "\n".join(lines), va="top", ha="left", fontsize=8.5, family="monospace",
+    ax_txt.text(0, 1, "\n".join(lines), va="top", ha="left", fontsize=8, family="monospace",
                 transform=ax_txt.transAxes)
 
     rustc = " ".join(v["rustc"].split()[:2])

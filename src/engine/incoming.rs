@@ -151,6 +151,10 @@ impl Engine {
                     }
                     Ok(Resolved::Aws(r)) => *r,
                 };
+                if resolved.target.secret_id.chars().any(char::is_control) {
+                    // No secret has such a name: not worth a call to AWS.
+                    return Err(format!("{field}: the secret id has control characters"));
+                }
                 let secret = self
                     .incoming_secret(resolved.target, now, &pinned, store)
                     .map_err(|e| format!("{field}: {e}"))?;

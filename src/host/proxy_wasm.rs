@@ -172,6 +172,22 @@ fn reject() {
     );
 }
 
+/// The 503 from a request's own callout answer. ngx_wasm_module (Kong)
+/// drops the client connection instead of answering when that reply has a
+/// body and the callout was a POST that failed after connecting (seen with
+/// nginx 1.27.4 + ngx_wasm_module 2025-04): there it goes without one.
+fn reject_from_callout() {
+    let kong = VM.with(|cell| {
+        cell.try_borrow()
+            .map_or(true, |vm| vm.waking() == Waking::OwnCallbacks)
+    });
+    if kong {
+        abi::send_local_response(503, "aws_vault_secret_unavailable", b"", &[]);
+    } else {
+        reject();
+    }
+}
+
 fn now_ms() -> u64 {
     abi::current_time_ns() / 1_000_000
 }
@@ -335,7 +351,9 @@ struct Http {
 }
 
 impl Http {
-    fn settle(&mut self, own: &Own) {
+    /// Carry out what happened to this request during its own callback.
+    /// `answering`: the callback is its own callout's answer.
+    fn settle(&mut self, own: &Own, answering: bool) {
         match own {
             Own::Untouched => {}
             Own::Resumed(rendered) => {
@@ -344,7 +362,11 @@ impl Http {
                 self.paused = false;
             }
             Own::Rejected => {
-                reject();
+                if answering {
+                    reject_from_callout();
+                } else {
+                    reject();
+                }
                 self.paused = false;
             }
         }
@@ -356,7 +378,7 @@ impl Context for Http {
         let own = on_callout_answer(token, body_size, Owner::Ctx(self.id));
         // This request was paused waiting; its own callback can continue it.
         let resumed = matches!(own, Own::Resumed(_));
-        self.settle(&own);
+        self.settle(&own, true);
         if resumed {
             abi::resume_http_request();
         }
@@ -397,7 +419,7 @@ impl HttpContext for Http {
             return Flow::Pause;
         };
         if own != Own::Untouched {
-            self.settle(&own);
+            self.settle(&own, false);
             return match own {
                 Own::Resumed(_) => Flow::Continue,
                 _ => Flow::Pause,

@@ -2,6 +2,7 @@
 client-chosen references, duplicate trusted headers, forged log lines."""
 
 import http.client
+import json
 import re
 import threading
 import time
@@ -123,12 +124,20 @@ def test_a_trusted_header_sent_twice_is_refused(moto, echo, make_envoy, aws):
     assert status == 200
 
 
-def test_a_newline_in_a_reference_forges_no_log_line(moto, make_envoy, aws):
-    envoy = make_envoy({"aws": aws(), "resolve_incoming_headers": ["x-ref"]})
+def test_outside_text_forges_no_log_line(moto, proxy, make_envoy, aws):
+    """A line break from a request or from AWS is logged escaped, never raw."""
+    envoy = make_envoy({"aws": aws(), "resolve_incoming_headers": ["x-ref"],
+                        "request_headers": {"x-conf": "{vault://aws/forging-target}"}})
     forged = "{vault://aws/x%0a[2099-01-01 00:00:00.000][1][critical][main] FORGED/k}"
     assert envoy.get(headers={"x-ref": forged}).status_code == 503
+    envoy.wait_log("the secret id has control characters")
     long = "{vault://aws/" + "y" * 3000 + "/k} {vault://nope/x}"
     assert envoy.get(headers={"x-ref": long}).status_code == 503
-    envoy.wait_log(r"x\\n\[2099")
+    # AWS's error message, as AWS (here: the fault proxy) wrote it.
+    proxy.inject(status=400, times=None, secret_id="forging-target", body=json.dumps({
+        "__type": "ValidationException",
+        "message": "bad\n[2099-01-01 00:00:00.000][1][critical][main] FORGED-BY-AWS"}).encode())
+    assert envoy.get().status_code == 503
+    envoy.wait_log(r"bad\\n\[2099")
     assert not re.search(r"^\[2099", envoy.log(), re.MULTILINE)
     assert "y" * 300 not in envoy.log()

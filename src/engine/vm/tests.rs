@@ -381,24 +381,34 @@ fn a_late_answer_for_a_gone_request_is_dropped_and_refetched() {
 fn outside_text_never_forges_log_lines() {
     both(|kind| {
         let mut p = proxy(kind, 1);
-        let conf = config(r#"{"x": "{vault://aws/sec-a}"}"#).replace(
+        // A configured secret id with a line break (AWS has no such secret).
+        let conf = config(
+            r#"{"x": "{vault://aws/x%0a[2099-01-01 00:00:00.000][1][critical][main] FORGED}"}"#,
+        )
+        .replace(
             r#""request_headers""#,
             r#""resolve_incoming_headers": ["x-ref"], "request_headers""#,
         );
         p.configure(A, &conf).unwrap();
         p.advance(250, &[A]);
         p.answer_all();
-        let forged = "{vault://aws/x%0a[2099-01-01 00:00:00.000][1][critical][main] FORGED/k}";
+        // Requests naming such ids are refused before any fetch.
+        let calls = p.aws.get_secret_value_calls;
+        let forged = "{vault://aws/y%0a[2099-01-01 00:00:00.000][1][critical][main] FORGED/k}";
         let ctx = p.request(0, A, &[("x-ref", forged)]);
-        p.answer_all();
         assert_eq!(p.state(ctx), &State::Rejected);
+        assert_eq!(p.aws.get_secret_value_calls, calls);
         let long = format!("{{vault://aws/{}}} {{vault://nope/x}}", "y".repeat(3000));
         let ctx = p.request(0, A, &[("x-ref", &long)]);
-        p.answer_all();
         assert_eq!(p.state(ctx), &State::Rejected);
+        p.answer_all();
         assert_clean(&p); // no raw line break was logged
         let all: Vec<&str> = p.logs.iter().map(|(_, m)| m.as_str()).collect();
         assert!(all.iter().any(|m| m.contains("x\\n[2099")), "{all:#?}");
+        assert!(
+            all.iter().any(|m| m.contains("control characters")),
+            "{all:#?}"
+        );
         assert!(all
             .iter()
             .all(|m| m.chars().count() <= crate::text::MAX_LOG_LINE + 3));
