@@ -28,22 +28,46 @@ components:
 	@rustup component list --installed | grep -q '^clippy' || rustup component add clippy
 	@rustup component list --installed | grep -q '^rustfmt' || rustup component add rustfmt
 
-# wasm-opt (Debian's binaryen) shrinks the module by ~15%; installed when missing and
-# possible (root + apt-get), else the unoptimized module is used, with a warning.
+# wasm-opt (Debian's binaryen) shrinks the module by ~15%; `make build` needs it. When
+# missing it is installed (root + apt-get), waiting up to APT_LOCK_WAIT seconds for another
+# apt/dpkg to finish (a fresh machine often runs one at boot); if it still cannot be had,
+# the build fails. `make build WASM_OPT=0` builds without it: the unoptimized module, with a
+# warning.
+WASM_OPT      ?= 1
+APT_LOCK_WAIT ?= 300
+# apt-get waits for the dpkg lock with DPkg::Lock::Timeout; `apt-get update` does not wait
+# for the package lists' lock (apt 2.6), hence the retry loop below.
+APT_GET       := DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=$(APT_LOCK_WAIT)
+
 wasm-opt:
-	@command -v wasm-opt >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
-	  (apt-get install -y -qq binaryen >/dev/null 2>&1 || \
-	   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq binaryen >/dev/null)); } || true
+	@[ "$(WASM_OPT)" = 0 ] || command -v wasm-opt >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "wasm-opt missing: apt-get install binaryen (waits up to $(APT_LOCK_WAIT) s for apt locks)" >&2; \
+	    $(APT_GET) install -y -qq binaryen >/dev/null 2>&1 || { \
+	      waited=0; \
+	      until out=$$($(APT_GET) update -qq 2>&1); do \
+	        case "$$out" in *"Could not get lock"*) ;; *) echo "$$out" >&2; break ;; esac; \
+	        if [ $$waited -ge $(APT_LOCK_WAIT) ]; then echo "$$out" >&2; break; fi; \
+	        sleep 5; waited=$$((waited + 5)); \
+	      done; \
+	      $(APT_GET) install -y -qq binaryen >/dev/null; \
+	    }; \
+	  fi; \
+	  command -v wasm-opt >/dev/null || { \
+	    echo "error: wasm-opt (Debian/Ubuntu package binaryen) is missing and could not be installed" >&2; \
+	    echo "error: install binaryen (needs root and apt-get here), or build the unoptimized module with: make build WASM_OPT=0" >&2; \
+	    exit 1; }; \
+	}
 
 build: target wasm-opt
 	cargo build --release --target $(WASM_TARGET) --lib
 	@mkdir -p $(dir $(WASM))
-	@if command -v wasm-opt >/dev/null; then \
+	@if [ "$(WASM_OPT)" = 0 ]; then \
+	  echo "warning: WASM_OPT=0: $(WASM) is NOT size-optimized (wasm-opt skipped)" >&2; \
+	  cp target/$(WASM_TARGET)/release/aws_vault.wasm $(WASM); \
+	else \
 	  wasm-opt -Oz --enable-bulk-memory --enable-sign-ext --enable-mutable-globals \
 	    --enable-nontrapping-float-to-int target/$(WASM_TARGET)/release/aws_vault.wasm -o $(WASM); \
-	else \
-	  echo "warning: wasm-opt not found: $(WASM) is not size-optimized" >&2; \
-	  cp target/$(WASM_TARGET)/release/aws_vault.wasm $(WASM); \
 	fi
 	@ls -l $(WASM) | awk '{print "$(WASM): " $$5 " bytes"}'
 	cp kong/aws_vault.meta.json $(dir $(WASM))aws_vault.meta.json

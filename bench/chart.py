@@ -66,7 +66,9 @@ def _paired(ax, res, key, title, ylabel, goal, goal_text, ref, fmt):
         jitter = [(i - (n - 1) / 2) * (0.4 / max(n, 1)) for i in range(n)]
         ax.scatter([x + j for j in jitter], pts, s=14, color=COLORS.get(c, "#777777"),
                    edgecolor="black", linewidth=0.4, zorder=3)
-        ax.text(x, max(pts + [meds[x]]), f"{fmt(meds[x])}\n[{fmt(min(pts))}..{fmt(max(pts))}]",
+        # Above everything in the column (points, bar, reference line).
+        ax.text(x, max(pts + [meds[x], ref]),
+                f"{fmt(meds[x])}\n[{fmt(min(pts))}..{fmt(max(pts))}]",
                 ha="center", va="bottom", fontsize=7)
     ax.axhline(ref, color="#4caf50", linewidth=1.2, label="floor (same round)")
     ax.axhline(goal, color="#c0504d", linestyle="--", linewidth=1, label=goal_text)

@@ -116,6 +116,7 @@ def ensure_wrk() -> str:
         apt_update()
     log("apt-get install -y wrk")
     subprocess.run([*APT_GET, "install", "-y", "-qq", "wrk"], check=True,
+                   stdout=subprocess.DEVNULL,
                    env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
     return shutil.which("wrk") or sys.exit("wrk still missing after apt-get install")
 
