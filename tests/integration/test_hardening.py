@@ -138,6 +138,6 @@ def test_outside_text_forges_no_log_line(moto, proxy, make_envoy, aws):
         "__type": "ValidationException",
         "message": "bad\n[2099-01-01 00:00:00.000][1][critical][main] FORGED-BY-AWS"}).encode())
     assert envoy.get().status_code == 503
-    envoy.wait_log(r"bad\\n\[2099")
+    envoy.wait_log("FORGED-BY-AWS")
     assert not re.search(r"^\[2099", envoy.log(), re.MULTILINE)
     assert "y" * 300 not in envoy.log()
