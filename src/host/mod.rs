@@ -162,7 +162,11 @@ pub fn callout_result(
         let why = headers
             .iter()
             .find(|(n, _)| n == ":dispatch_status")
-            .map(|(_, v)| v.chars().filter(|c| !c.is_control()).take(100).collect())
+            .map(|(_, v)| match v.as_str() {
+                // ngx_wasm_module's status when the peer closed without answering.
+                "ok" => "connection closed before a response".to_string(),
+                v => v.chars().filter(|c| !c.is_control()).take(100).collect(),
+            })
             .unwrap_or_else(|| "no response".into());
         return CalloutResult::Failed(why);
     };
