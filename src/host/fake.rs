@@ -138,6 +138,16 @@ mod tests {
         assert!(matches!(r, CalloutResult::Failed(ref why) if why.contains("too large")));
         let r = callout_result(vec![], 0, 1024, Vec::new);
         assert_eq!(r, CalloutResult::Failed("no response".into()));
+        let r = callout_result(
+            vec![(":dispatch_status".into(), "ok".into())],
+            0,
+            1024,
+            Vec::new,
+        );
+        assert_eq!(
+            r,
+            CalloutResult::Failed("connection closed before a response".into())
+        );
         // AWS's own 503 stays an AWS answer.
         let aws = vec![
             (":status".into(), "503".into()),
