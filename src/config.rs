@@ -4,7 +4,7 @@
 //! error names the exact field (`vaults[1].config.region: ...`): that message is
 //! what an operator sees from `envoy --mode validate`.
 
-use std::collections::BTreeMap;
+use litemap::LiteMap;
 
 use serde_json::{Map, Value};
 
@@ -250,7 +250,7 @@ pub struct EnvRef {
     pub reference: Reference,
     pub variable: String,
     pub key: Option<String>,
-    pub overrides: BTreeMap<String, String>,
+    pub overrides: LiteMap<String, String>,
 }
 
 /// Everything needed to fetch one secret and cache it: the cache key.
@@ -306,7 +306,7 @@ pub struct ResolvedRef {
     pub target: SecretTarget,
     pub key: Option<String>,
     /// Query overrides that were applied (valid ones).
-    pub overrides: BTreeMap<String, String>,
+    pub overrides: LiteMap<String, String>,
 }
 
 /// One reference of the configuration and how it resolved.
@@ -534,7 +534,7 @@ impl Config {
         reference: &Reference,
     ) -> Result<ResolvedRef, String> {
         let mut settings = vault.clone();
-        let mut overrides = BTreeMap::new();
+        let mut overrides = LiteMap::new();
         for (name, value) in &reference.query {
             if !VaultSettings::FIELDS.contains(&name.as_str()) {
                 continue; // Kong ignores unknown query keys
@@ -607,7 +607,7 @@ impl Config {
 /// an invalid override leaves it unset.
 fn resolve_env(vault: &EnvSettings, text: &str, reference: &Reference) -> EnvRef {
     let mut settings = vault.clone();
-    let mut overrides = BTreeMap::new();
+    let mut overrides = LiteMap::new();
     if let Some(value) = reference.query.get("prefix") {
         settings.prefix = value.as_deref().and_then(|p| env_prefix(p).ok());
         if let Some(p) = &settings.prefix {

@@ -11,7 +11,7 @@
     clippy::indexing_slicing
 )]
 
-use std::collections::BTreeMap;
+use litemap::LiteMap;
 use std::fmt;
 
 use percent_encoding::percent_decode;
@@ -36,7 +36,7 @@ pub struct Reference {
     /// Decoded query parameters (`+` -> space, `%XX` decoded). The value is None when
     /// `ngx.decode_args` would not give a single string (key repeated, or no `=`) or when the
     /// decoded value is not UTF-8: such an override fails validation, so it is unset.
-    pub query: BTreeMap<String, Option<String>>,
+    pub query: LiteMap<String, Option<String>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -182,8 +182,8 @@ fn utf8(bytes: Vec<u8>) -> Result<String, ParseError> {
 /// empty keys ignored. A key seen twice becomes a Lua table and a key without `=` becomes
 /// `true`: neither is a string, so both are None here. Keys are compared after a lossy UTF-8
 /// conversion; a key that is not UTF-8 can never name a config field anyway.
-fn decode_args(query: &str) -> BTreeMap<String, Option<String>> {
-    let mut args: BTreeMap<String, Option<String>> = BTreeMap::new();
+fn decode_args(query: &str) -> LiteMap<String, Option<String>> {
+    let mut args: LiteMap<String, Option<String>> = LiteMap::new();
     for piece in query.split('&').take(MAX_QUERY_ARGS) {
         let (k, v) = split_first(piece, '=');
         let k = String::from_utf8_lossy(&unescape_uri(k.as_bytes())).into_owned();

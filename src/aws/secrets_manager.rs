@@ -186,19 +186,15 @@ pub fn get_secret_value_request(
     secret_id: &str,
     stage: VersionStage,
 ) -> super::HttpRequest {
-    #[derive(serde::Serialize)]
-    struct Body<'a> {
-        #[serde(rename = "SecretId")]
-        secret_id: &'a str,
-        #[serde(rename = "VersionStage")]
-        version_stage: &'static str,
-    }
-    // Serializing two strings cannot fail.
-    let body = serde_json::to_vec(&Body {
-        secret_id,
-        version_stage: stage.as_str(),
-    })
-    .unwrap_or_default();
+    // {"SecretId":<JSON string>,"VersionStage":"..."}: what a serde derive
+    // writes, without its code in the .wasm.
+    let mut body = Vec::with_capacity(secret_id.len() + 48);
+    body.extend_from_slice(b"{\"SecretId\":");
+    // Writing a str into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut body, secret_id);
+    body.extend_from_slice(b",\"VersionStage\":\"");
+    body.extend_from_slice(stage.as_str().as_bytes());
+    body.extend_from_slice(b"\"}");
     super::HttpRequest {
         method: "POST".into(),
         scheme: endpoint.scheme.clone(),

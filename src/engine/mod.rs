@@ -12,7 +12,7 @@
 //! old value keeps being served (until `resurrect_ttl` past expiry). A request
 //! pauses only when a secret has no usable value at all.
 
-use std::collections::BTreeMap;
+use litemap::LiteMap;
 use std::rc::Rc;
 use std::time::{Duration, SystemTime};
 
@@ -330,14 +330,14 @@ pub struct Engine {
     request: Vec<CompiledHeader>,
     response: Vec<CompiledHeader>,
     rendered: Option<Result<Rc<Rendered>, String>>,
-    waiters: BTreeMap<u32, Waiter>,
-    fetches: BTreeMap<u64, Fetch>,
+    waiters: LiteMap<u32, Waiter>,
+    fetches: LiteMap<u64, Fetch>,
     next_fetch: u64,
     /// This VM's id in leases.
     holder: u64,
     rng: u64,
     credentials: CredentialSet,
-    cred_slots: BTreeMap<Slot, CredSlot>,
+    cred_slots: LiteMap<Slot, CredSlot>,
     next_maintenance: u64,
     dirty: bool,
     /// The root context this engine serves and its generation there.
@@ -368,13 +368,13 @@ impl Engine {
             request: Vec::new(),
             response: Vec::new(),
             rendered: None,
-            waiters: BTreeMap::new(),
-            fetches: BTreeMap::new(),
+            waiters: LiteMap::new(),
+            fetches: LiteMap::new(),
             next_fetch: 1,
             holder: seed | 1,
             rng: seed ^ 0x9e37_79b9_7f4a_7c15,
             credentials: CredentialSet::new(&config.credentials, env),
-            cred_slots: BTreeMap::new(),
+            cred_slots: LiteMap::new(),
             next_maintenance: 0,
             dirty: false,
             root: 0,
@@ -596,7 +596,11 @@ impl Engine {
             self.release_credentials_lease(slot, store);
         }
         self.fetches.clear();
-        std::mem::take(&mut self.waiters).into_keys().collect()
+        std::mem::take(&mut self.waiters)
+            .into_tuple_vec()
+            .into_iter()
+            .map(|(ctx, _)| ctx)
+            .collect()
     }
 
     /// A new request's headers arrived. `incoming`: the request's values of

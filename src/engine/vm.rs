@@ -15,7 +15,7 @@
 //! or re-configured) is dropped; requests paused on a retired engine are
 //! failed with 503 at once (Envoy) or from their own callout's answer (Kong).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use litemap::LiteMap;
 
 use super::{
     Action, CallRef, CalloutResult, Decision, Engine, Level, Owner, Stats, Waking,
@@ -36,13 +36,13 @@ struct Call {
 }
 
 pub struct Vm {
-    roots: BTreeMap<u32, Engine>,
-    calls: HashMap<u32, Call>,
+    roots: LiteMap<u32, Engine>,
+    calls: LiteMap<u32, Call>,
     waking: Waking,
     next_gen: u32,
     /// Kong: requests paused on a retired engine; each owns a callout whose
     /// answer fails it with 503.
-    orphans: BTreeSet<u32>,
+    orphans: LiteMap<u32, ()>,
     /// Counters of retired engines, so metrics never go backwards.
     retired: Stats,
     next_sweep: u64,
@@ -51,11 +51,11 @@ pub struct Vm {
 impl Vm {
     pub fn new(waking: Waking) -> Vm {
         Vm {
-            roots: BTreeMap::new(),
-            calls: HashMap::new(),
+            roots: LiteMap::new(),
+            calls: LiteMap::new(),
             waking,
             next_gen: 1,
-            orphans: BTreeSet::new(),
+            orphans: LiteMap::new(),
             retired: Stats::default(),
             next_sweep: 0,
         }
@@ -130,7 +130,11 @@ impl Vm {
         });
         match self.waking {
             Waking::AnyContext => out.extend(waiters.into_iter().map(|ctx| Action::Reject { ctx })),
-            Waking::OwnCallbacks => self.orphans.extend(waiters),
+            Waking::OwnCallbacks => {
+                for ctx in waiters {
+                    self.orphans.insert(ctx, ());
+                }
+            }
         }
     }
 
@@ -229,7 +233,7 @@ impl Vm {
         // Its engine is gone. Kong: a request paused on it hears its own
         // answer here, the one callback that can fail it.
         if let Owner::Ctx(ctx) = active {
-            if self.orphans.remove(&ctx) {
+            if self.orphans.remove(&ctx).is_some() {
                 out.push(Action::Reject { ctx });
             }
         }
@@ -269,7 +273,7 @@ impl Vm {
                 || roots
                     .get(&c.call.root)
                     .is_some_and(|e| e.generation() == c.call.gen && e.awaits(c.call.fetch))
-                || matches!(c.owner, Owner::Ctx(ctx) if orphans.contains(&ctx))
+                || matches!(c.owner, Owner::Ctx(ctx) if orphans.contains_key(&ctx))
         });
     }
 

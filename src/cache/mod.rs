@@ -6,24 +6,28 @@
 //! so a colliding key must not hand out another secret). A [`Lease`] per secret
 //! lets exactly one VM fetch at a time across the whole proxy.
 
-use serde::{Deserialize, Serialize};
+mod codec;
+
+use codec::{Reader, Writer};
 
 use crate::host::{SharedStore, StoreError};
 
-/// Version of the shared-data layout; bump when [`Entry`] changes shape.
-pub const FORMAT: u32 = 1;
+/// Version of the shared-data layout ([`codec`]); bump when a record
+/// changes shape, together with [`KEY_PREFIX`], so that two versions of the
+/// filter running side by side (a rolling upgrade) use separate keys.
+pub const FORMAT: u8 = 2;
 /// Key prefix in shared data. On Kong, `aws_vault/...` goes to a zone named
 /// `aws_vault` if there is one, else to the default `*` zone.
-pub const KEY_PREFIX: &str = "aws_vault/v1/";
+pub const KEY_PREFIX: &str = "aws_vault/v2/";
 
 /// First retry delay after a failure, and the cap it doubles up to.
 pub const BACKOFF_BASE_MS: u64 = 1_000;
 pub const BACKOFF_MAX_MS: u64 = 60_000;
 
 /// The cached state of one secret. Timestamps are milliseconds since the epoch.
-#[derive(Clone, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Clone, PartialEq, Default)]
 pub struct Entry {
-    pub v: u32,
+    pub v: u8,
     /// Descriptor of the secret this entry belongs to.
     pub key: String,
     /// When the last fetch outcome (success or failure) was recorded.
@@ -107,14 +111,36 @@ impl Entry {
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        // Serializing plain strings and integers cannot fail.
-        serde_json::to_vec(self).unwrap_or_default()
+        Writer::new(b'E')
+            .str(&self.key)
+            .u64(self.updated_at)
+            .opt_str(self.value.as_deref())
+            .u64(self.fetched_at)
+            .opt_u64(self.expires_at)
+            .opt_u64(self.resurrect_until)
+            .opt_str(self.error.as_deref())
+            .u32(self.failures)
+            .u64(self.retry_at)
+            .finish()
     }
 
     /// Decode an entry, accepting it only if it is of this format and for `key`.
     pub fn decode(bytes: &[u8], key: &str) -> Option<Entry> {
-        let entry: Entry = serde_json::from_slice(bytes).ok()?;
-        (entry.v == FORMAT && entry.key == key).then_some(entry)
+        let mut r = Reader::new(bytes, b'E')?;
+        let entry = Entry {
+            v: FORMAT,
+            key: r.str()?,
+            updated_at: r.u64()?,
+            value: r.opt_str()?,
+            fetched_at: r.u64()?,
+            expires_at: r.opt_u64()?,
+            resurrect_until: r.opt_u64()?,
+            error: r.opt_str()?,
+            failures: r.u32()?,
+            retry_at: r.u64()?,
+        };
+        r.end()?;
+        (entry.key == key).then_some(entry)
     }
 }
 
@@ -146,7 +172,7 @@ pub fn secs_to_ms(s: f64) -> u64 {
 }
 
 /// Who may fetch a secret right now, across all VMs.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
     /// Random id of the holding VM; 0 = free.
     pub holder: u64,
@@ -168,7 +194,7 @@ impl Lease {
     ) -> bool {
         for _ in 0..2 {
             let (bytes, cas) = store.get(key);
-            let current = bytes.and_then(|b| serde_json::from_slice::<Lease>(&b).ok());
+            let current = bytes.and_then(|b| Lease::decode(&b));
             let Some(cas) = cas else {
                 let free = Lease {
                     holder: 0,
@@ -192,7 +218,7 @@ impl Lease {
     pub fn release(store: &mut dyn SharedStore, key: &str, holder: u64) {
         let (bytes, cas) = store.get(key);
         let held = bytes
-            .and_then(|b| serde_json::from_slice::<Lease>(&b).ok())
+            .and_then(|b| Lease::decode(&b))
             .is_some_and(|l| l.holder == holder);
         if held {
             let free = Lease {
@@ -204,7 +230,17 @@ impl Lease {
     }
 
     fn encode(&self) -> Vec<u8> {
-        serde_json::to_vec(self).unwrap_or_default()
+        Writer::new(b'L').u64(self.holder).u64(self.until).finish()
+    }
+
+    fn decode(bytes: &[u8]) -> Option<Lease> {
+        let mut r = Reader::new(bytes, b'L')?;
+        let lease = Lease {
+            holder: r.u64()?,
+            until: r.u64()?,
+        };
+        r.end()?;
+        Some(lease)
     }
 }
 
@@ -247,9 +283,9 @@ pub fn shared_key(descriptor: &str) -> String {
 /// Temporary AWS credentials shared by every VM, so that one VM per proxy
 /// talks to IMDS, the container endpoint or STS. Static credentials
 /// (environment variables) are never stored.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct SharedCredentials {
-    pub v: u32,
+    pub v: u8,
     /// Descriptor of the credentials source (base chain or a role).
     pub key: String,
     pub access_key_id: String,
@@ -291,12 +327,29 @@ impl SharedCredentials {
     }
 
     pub fn decode(bytes: &[u8], key: &str) -> Option<SharedCredentials> {
-        let c: SharedCredentials = serde_json::from_slice(bytes).ok()?;
-        (c.v == FORMAT && c.key == key).then_some(c)
+        let mut r = Reader::new(bytes, b'C')?;
+        let c = SharedCredentials {
+            v: FORMAT,
+            key: r.str()?,
+            access_key_id: r.str()?,
+            secret_access_key: r.str()?,
+            session_token: r.opt_str()?,
+            fetched_at: r.u64()?,
+            expires_at: r.u64()?,
+        };
+        r.end()?;
+        (c.key == key).then_some(c)
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        serde_json::to_vec(self).unwrap_or_default()
+        Writer::new(b'C')
+            .str(&self.key)
+            .str(&self.access_key_id)
+            .str(&self.secret_access_key)
+            .opt_str(self.session_token.as_deref())
+            .u64(self.fetched_at)
+            .u64(self.expires_at)
+            .finish()
     }
 
     /// Store these unless the store holds credentials fetched later.
