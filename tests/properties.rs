@@ -916,7 +916,7 @@ proptest! {
 fn arb_entry() -> impl Strategy<Value = Entry> {
     (
         (
-            any::<u32>(),
+            any::<u8>(),
             "\\PC{0,32}",
             any::<u64>(),
             proptest::option::of("\\PC{0,32}"),
