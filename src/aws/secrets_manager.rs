@@ -33,9 +33,17 @@ pub fn version_stage(version: Option<f64>) -> Result<VersionStage, String> {
         None => Ok(VersionStage::Current),
         Some(1.0) => Ok(VersionStage::Current),
         Some(2.0) => Ok(VersionStage::Previous),
-        Some(v) => Err(format!(
-            "invalid version {v}: only 1 (AWSCURRENT) and 2 (AWSPREVIOUS) are supported"
-        )),
+        Some(v) => {
+            // Whole numbers as such; no float formatting code in the .wasm.
+            let shown = if v.fract() == 0.0 && v.abs() < 1e15 {
+                format!("{}", v as i64)
+            } else {
+                "that is not a whole number".to_string()
+            };
+            Err(format!(
+                "invalid version {shown}: only 1 (AWSCURRENT) and 2 (AWSPREVIOUS) are supported"
+            ))
+        }
     }
 }
 
