@@ -204,7 +204,8 @@ impl EnvSettings {
     pub fn variable(&self, resource: &str, version: Option<f64>) -> String {
         let mut name = self.prefix.clone().unwrap_or_default();
         name.push_str(&resource.replace('-', "_"));
-        let mut name = name.to_uppercase();
+        // Lua's string.upper (C toupper, C locale): ASCII letters only.
+        let mut name = name.to_ascii_uppercase();
         if version == Some(2.0) {
             name.push_str("_PREVIOUS");
         }
