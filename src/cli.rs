@@ -50,7 +50,13 @@ pub fn check(text: &str, env: &dyn Fn(&str) -> Option<String>) -> (Vec<String>, 
                 let mut obj = reference_json(&r.text, &r.reference);
                 obj.insert("field".into(), json!(c.field));
                 obj.insert("variable".into(), json!(r.variable));
-                obj.insert("overrides".into(), json!(r.overrides.iter().collect::<std::collections::BTreeMap<_, _>>()));
+                obj.insert(
+                    "overrides".into(),
+                    json!(r
+                        .overrides
+                        .iter()
+                        .collect::<std::collections::BTreeMap<_, _>>()),
+                );
                 Value::Object(obj).to_string()
             }
             Err(e) => {
@@ -114,7 +120,13 @@ fn resolved_json(r: &ResolvedRef) -> Map<String, Value> {
     let mut obj = reference_json(&r.text, &r.reference);
     let t = &r.target;
     obj.insert("version_stage".into(), json!(t.stage.as_str()));
-    obj.insert("overrides".into(), json!(r.overrides.iter().collect::<std::collections::BTreeMap<_, _>>()));
+    obj.insert(
+        "overrides".into(),
+        json!(r
+            .overrides
+            .iter()
+            .collect::<std::collections::BTreeMap<_, _>>()),
+    );
     obj.insert("region".into(), json!(t.region));
     obj.insert(
         "endpoint".into(),

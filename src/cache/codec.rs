@@ -154,7 +154,9 @@ mod tests {
         assert_eq!(r.end(), Some(()));
         assert!(Reader::new(&bytes, b'X').is_none(), "another kind");
         for cut in 0..bytes.len() {
-            let Some(mut r) = Reader::new(&bytes[..cut], b'T') else { continue };
+            let Some(mut r) = Reader::new(&bytes[..cut], b'T') else {
+                continue;
+            };
             let whole = (|| {
                 r.u32()?;
                 r.u64()?;

@@ -242,17 +242,17 @@ impl Engine {
 
     /// Secrets beyond the configured ones that `extra` headers need.
     pub(super) fn extra_secrets(&self, extra: &[IncomingHeader]) -> Vec<usize> {
-        let mut needs: Vec<usize> = extra
-            .iter()
-            .flat_map(|h| &h.parts)
-            .filter_map(|p| match p {
-                Part::Ref { secret, .. } => Some(*secret),
-                Part::Lit(_) => None,
-            })
-            .filter(|i| *i >= self.configured)
-            .collect();
-        needs.sort_unstable();
-        needs.dedup();
+        let mut needs: Vec<usize> = Vec::new();
+        let refs = extra.iter().flat_map(|h| &h.parts).filter_map(|p| match p {
+            Part::Ref { secret, .. } => Some(*secret),
+            Part::Lit(_) => None,
+        });
+        // At most MAX_REFERENCES: a linear check beats a sort.
+        for i in refs.filter(|i| *i >= self.configured) {
+            if !needs.contains(&i) {
+                needs.push(i);
+            }
+        }
         needs
     }
 

@@ -14,7 +14,8 @@
 //! owns a callout to route its answer.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+
+use litemap::LiteMap;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -37,7 +38,12 @@ const MAX_BODY: usize = crate::aws::secrets_manager::MAX_BODY_BYTES;
 const REJECT_BODY: &[u8] = b"secret unavailable\n";
 
 proxy_wasm::main! {{
-    proxy_wasm::set_log_level(LogLevel::Trace);
+    // A panic must never happen (the VM is lost); should one, the log says
+    // where, never what: a panic message could quote data.
+    std::panic::set_hook(Box::new(|info| {
+        let (file, line) = info.location().map_or(("?", 0), |l| (l.file(), l.line()));
+        abi::log(LogLevel::Critical, &format!("aws_vault panicked at {file}:{line}"));
+    }));
     proxy_wasm::set_root_context(|id| -> Box<dyn RootContext> {
         Box::new(Root { id, tick_started: false })
     });
@@ -47,7 +53,7 @@ thread_local! {
     /// This VM's state: one engine per root context.
     static VM: RefCell<Vm> = RefCell::new(Vm::new(probe_waking()));
     /// Response headers for requests resumed by another context.
-    static PENDING: RefCell<HashMap<u32, Rc<Rendered>>> = RefCell::new(HashMap::new());
+    static PENDING: RefCell<LiteMap<u32, Rc<Rendered>>> = const { RefCell::new(LiteMap::new()) };
     /// Host metric ids and the counts already reported, and when.
     static METRICS: RefCell<Metrics> = RefCell::new(Metrics::default());
 }
