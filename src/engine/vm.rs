@@ -189,6 +189,12 @@ impl Vm {
         );
     }
 
+    /// The context that sent callout `token`, whose callback must handle its
+    /// answer; `None` once given up on.
+    pub fn call_owner(&self, token: u32) -> Option<Owner> {
+        self.calls.get(&token).map(|c| c.owner)
+    }
+
     /// The host refused to send the callout for `call`.
     #[allow(clippy::too_many_arguments)]
     pub fn on_dispatch_failed(
