@@ -721,11 +721,12 @@ def rust_signing_bench(quick: bool, workdir: Path, cargo_dir: Path = REPO) -> di
 # --------------------------------------------------------------------------- main
 
 def simulations() -> dict:
-    """The native simulations (the engine itself driven by the fake proxy, simulated time):
-    examples/cold_burst.rs."""
+    """The native simulations (the engine itself, simulated time): examples/cold_burst.rs
+    (a cold burst on each host's semantics) and examples/fleet_refresh.rs (1,000 proxies
+    restarted at once, ttl refreshes with and without jitter; chart in fleet.png)."""
     env = {**os.environ, "CARGO_PROFILE_RELEASE_PANIC": "unwind"}
     out = {}
-    for name in ("cold_burst",):
+    for name in ("cold_burst", "fleet_refresh"):
         log(f"simulation {name}")
         run = subprocess.run(["cargo", "run", "--quiet", "--release", "--example", name],
                              cwd=REPO, capture_output=True, text=True, check=True, env=env)
@@ -765,6 +766,7 @@ def main():
     if args.sim_only:
         results = json.loads(out.read_text()) if out.exists() else {}
         results["simulations"] = simulations()
+        fleet_chart(results["simulations"]["fleet_refresh"], out.with_name("fleet.png"))
         out.write_text(json.dumps(results, indent=2) + "\n")
         log(f"wrote {out}")
         print_simulations(results["simulations"])
@@ -824,6 +826,7 @@ def main():
         results["sigv4_native"] = rust_signing_bench(args.quick, workdir, args.cargo_dir)
 
     results["simulations"] = simulations()
+    fleet_chart(results["simulations"]["fleet_refresh"], out.with_name("fleet.png"))
 
     moto = Moto(workdir / "moto")
     started: list[Envoy] = []
@@ -909,6 +912,29 @@ def main():
     shutil.rmtree(workdir, ignore_errors=True)
 
 
+def fleet_chart(fleet: dict, png: Path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(11, 4.5))
+    for key, label, color in (("without_jitter", "refresh at expiry (no jitter)", "tab:red"),
+                              ("with_jitter", "refresh at a random point in the last 10% of ttl",
+                               "tab:blue")):
+        ax.plot(fleet[key]["per_second"], label=label, color=color, linewidth=1)
+    quota = fleet["aws_get_secret_value_quota_per_s"]
+    ax.axhline(quota, color="black", linestyle="--", linewidth=1,
+               label=f"AWS GetSecretValue quota: {quota:,}/s per account and Region")
+    ax.set_yscale("symlog", linthresh=100)
+    ax.set_xlabel("seconds after the fleet restarted")
+    ax.set_ylabel("GetSecretValue calls per second")
+    ax.set_title(f"{fleet['proxies']:,} proxies restarted at once, {fleet['secrets']} secrets each, "
+                 f"ttl {fleet['ttl_s']} s (simulated with the engine)")
+    ax.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+
+
 def print_simulations(sims: dict):
     for r in sims.get("cold_burst", []):
         w = r["wait_ms"]
@@ -917,6 +943,13 @@ def print_simulations(sims: dict):
               f"{r['get_secret_value_calls']:4d} GetSecretValue, {r['answered_200']} answered, "
               f"wait p50/p99/max {w['p50']}/{w['p99']}/{w['max']} ms, "
               f"{r['still_paused']} left paused")
+    fleet = sims.get("fleet_refresh")
+    if fleet:
+        print(f"fleet of {fleet['proxies']} proxies x {fleet['secrets']} secrets, ttl "
+              f"{fleet['ttl_s']} s: peak GetSecretValue/s after the start "
+              f"{fleet['without_jitter']['peak_after_start']} without jitter, "
+              f"{fleet['with_jitter']['peak_after_start']} with (quota "
+              f"{fleet['aws_get_secret_value_quota_per_s']}/s)")
 
 
 def goals(res: dict) -> dict:

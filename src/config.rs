@@ -359,7 +359,15 @@ pub struct Config {
     /// references are resolved (placed there by a trusted earlier filter).
     /// Empty by default: references sent by clients are never resolved.
     pub resolve_incoming_headers: Vec<String>,
+    /// Upstream statuses (100-599) that make the secrets a request carried be
+    /// fetched again at once (a rotated secret). Empty: off.
+    pub refresh_on_status: Vec<u16>,
+    /// At most one such refresh per secret per this many ms, per proxy.
+    pub refresh_min_interval_ms: u64,
 }
+
+/// `refresh_min_interval` when not set, in seconds.
+pub const DEFAULT_REFRESH_MIN_INTERVAL_S: f64 = 10.0;
 
 /// Fields of a vault entity.
 pub const ENTITY_FIELDS: &[&str] = &["name", "prefix", "description", "config", "id", "tags"];
@@ -384,6 +392,8 @@ pub const TOP_LEVEL_FIELDS: &[&str] = &[
     "request_headers",
     "response_headers",
     "resolve_incoming_headers",
+    "refresh_on_status",
+    "refresh_min_interval",
 ];
 
 impl Config {
@@ -467,10 +477,33 @@ impl Config {
             Some(v) if !v.is_null() => CredentialsConfig::from_json(v, "credentials")?,
             _ => CredentialsConfig::default(),
         };
+        let refresh_on_status = statuses(top.get("refresh_on_status"))?;
+        let refresh_min_interval_ms = match top.get("refresh_min_interval") {
+            None | Some(Value::Null) => crate::cache::secs_to_ms(DEFAULT_REFRESH_MIN_INTERVAL_S),
+            Some(Value::Number(n)) => match n.as_f64() {
+                Some(v) if v.is_finite() && (0.0..=MAX_TTL).contains(&v) => {
+                    crate::cache::secs_to_ms(v)
+                }
+                _ => {
+                    return Err(format!(
+                        "refresh_min_interval: must be a number of seconds from 0 to {}",
+                        MAX_TTL as u64
+                    ))
+                }
+            },
+            Some(other) => {
+                return Err(format!(
+                    "refresh_min_interval: expected a number, got {}",
+                    json_type(other)
+                ))
+            }
+        };
         let mut config = Config {
             credentials,
             env: env_defaults,
             resolve_incoming_headers,
+            refresh_on_status,
+            refresh_min_interval_ms,
             aws,
             vaults,
             request_headers,
@@ -770,6 +803,33 @@ fn headers(
     Ok(out)
 }
 
+/// `refresh_on_status`: whole numbers from 100 to 599, each once.
+fn statuses(value: Option<&Value>) -> Result<Vec<u16>, String> {
+    const PATH: &str = "refresh_on_status";
+    let Some(value) = value.and_then(empty_list_or) else {
+        return Ok(Vec::new());
+    };
+    let Value::Array(items) = value else {
+        return Err(format!(
+            "{PATH}: expected an array of HTTP status codes, got {}",
+            json_type(value)
+        ));
+    };
+    let mut out: Vec<u16> = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let status = item
+            .as_u64()
+            .filter(|s| (100..=599).contains(s))
+            .and_then(|s| u16::try_from(s).ok())
+            .ok_or_else(|| format!("{PATH}[{i}]: must be a whole number from 100 to 599"))?;
+        if out.contains(&status) {
+            return Err(format!("{PATH}[{i}]: {status} given twice"));
+        }
+        out.push(status);
+    }
+    Ok(out)
+}
+
 fn incoming_headers(
     value: Option<&Value>,
     configured: &[HeaderTemplate],
@@ -1003,6 +1063,26 @@ mod tests {
     fn errors_name_the_field() {
         let cases = [
             (r#"{"bogus": 1}"#, "bogus: unknown field"),
+            (
+                r#"{"refresh_on_status": 401}"#,
+                "refresh_on_status: expected an array",
+            ),
+            (
+                r#"{"refresh_on_status": [401, 600]}"#,
+                "refresh_on_status[1]: must be a whole number from 100 to 599",
+            ),
+            (
+                r#"{"refresh_on_status": [401, 401]}"#,
+                "refresh_on_status[1]: 401 given twice",
+            ),
+            (
+                r#"{"refresh_min_interval": -1}"#,
+                "refresh_min_interval: must be a number of seconds",
+            ),
+            (
+                r#"{"refresh_min_interval": "10"}"#,
+                "refresh_min_interval: expected a number",
+            ),
             (r#"[]"#, "configuration: expected an object"),
             ("", "configuration is empty"),
             ("{", "configuration is not JSON"),

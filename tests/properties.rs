@@ -948,6 +948,7 @@ fn arb_entry() -> impl Strategy<Value = Entry> {
                 error,
                 failures,
                 retry_at,
+                forced_at: retry_at ^ 0x5a5a,
             },
         )
 }

@@ -45,6 +45,9 @@ pub struct Entry {
     pub failures: u32,
     /// No fetch before this time (backoff, or neg_ttl for a cached miss).
     pub retry_at: u64,
+    /// When an upstream's refusal last made it fetched again
+    /// (`refresh_on_status`): at most once per `refresh_min_interval`.
+    pub forced_at: u64,
 }
 
 impl std::fmt::Debug for Entry {
@@ -59,6 +62,7 @@ impl std::fmt::Debug for Entry {
             .field("error", &self.error)
             .field("failures", &self.failures)
             .field("retry_at", &self.retry_at)
+            .field("forced_at", &self.forced_at)
             .finish()
     }
 }
@@ -121,6 +125,7 @@ impl Entry {
             .opt_str(self.error.as_deref())
             .u32(self.failures)
             .u64(self.retry_at)
+            .u64(self.forced_at)
             .finish()
     }
 
@@ -138,6 +143,7 @@ impl Entry {
             error: r.opt_str()?,
             failures: r.u32()?,
             retry_at: r.u64()?,
+            forced_at: r.u64()?,
         };
         r.end()?;
         (entry.key == key).then_some(entry)

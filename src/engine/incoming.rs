@@ -279,6 +279,16 @@ impl Engine {
             return Ok(base);
         }
         let mut rendered = (*base).clone();
+        if !self.config.refresh_on_status.is_empty() {
+            for secret in extra.iter().flat_map(|h| &h.parts).filter_map(|p| match p {
+                Part::Ref { secret, .. } => Some(*secret),
+                Part::Lit(_) => None,
+            }) {
+                if !rendered.used.contains(&secret) {
+                    rendered.used.push(secret);
+                }
+            }
+        }
         for h in extra {
             let mut value = String::new();
             for part in &h.parts {

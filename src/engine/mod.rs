@@ -119,6 +119,11 @@ pub enum Action {
 pub struct Rendered {
     pub request: Headers,
     pub response: Headers,
+    /// The secrets in the request headers, when upstream statuses make
+    /// them refresh (`refresh_on_status`); empty otherwise.
+    pub used: Vec<usize>,
+    /// The engine generation that rendered them (indexes in `used` are its).
+    pub gen: u32,
 }
 
 /// The answer to a new request.
@@ -145,6 +150,8 @@ pub struct Stats {
     pub fetches_started: u64,
     /// Fetches started for a secret that already had a value (rotation).
     pub refreshes: u64,
+    /// Of those, the ones an upstream status asked for (`refresh_on_status`).
+    pub refreshes_on_status: u64,
     pub fetches_succeeded: u64,
     /// Failed fetches by reason (see [`FAILURE_REASONS`]).
     pub fetches_failed: [u64; FAILURE_REASONS.len()],
@@ -174,6 +181,7 @@ impl Stats {
             ("stale_served".to_string(), self.stale_served),
             ("fetches_started".to_string(), self.fetches_started),
             ("refreshes".to_string(), self.refreshes),
+            ("refreshes_on_status".to_string(), self.refreshes_on_status),
             ("fetches_succeeded".to_string(), self.fetches_succeeded),
         ];
         for (reason, n) in FAILURE_REASONS.iter().zip(self.fetches_failed) {
@@ -190,6 +198,7 @@ impl Stats {
         self.stale_served += other.stale_served;
         self.fetches_started += other.fetches_started;
         self.refreshes += other.refreshes;
+        self.refreshes_on_status += other.refreshes_on_status;
         self.fetches_succeeded += other.fetches_succeeded;
         for (mine, theirs) in self.fetches_failed.iter_mut().zip(other.fetches_failed) {
             *mine += theirs;
@@ -226,6 +235,14 @@ struct Secret {
     /// Values of keys named by incoming references, derived on demand and
     /// dropped when the value changes (at most `incoming::MAX_KEYS`).
     keys: Vec<(String, Result<String, String>)>,
+    /// An upstream answered a `refresh_on_status` status to a request that
+    /// carried it: the next tick fetches it again (see `refresh`).
+    refresh_requested: bool,
+    /// Such a fetch is in flight: its outcome records `forced_at`.
+    forcing: bool,
+    /// How long before its expiry this VM refreshes it: a random point in
+    /// the last tenth of its ttl, so proxies started together spread out.
+    early_ms: u64,
 }
 
 struct RefSlot {
@@ -346,6 +363,8 @@ pub struct Engine {
     waking: Waking,
     /// Admission of new secrets named by requests.
     admission: incoming::Admission,
+    /// Spread ttl refreshes (off only in simulations that compare).
+    jitter: bool,
     pub stats: Stats,
 }
 
@@ -381,6 +400,7 @@ impl Engine {
             gen: 0,
             waking: Waking::AnyContext,
             admission: incoming::Admission::default(),
+            jitter: true,
             stats: Stats::default(),
         };
         for h in &config.request_headers {
@@ -410,6 +430,13 @@ impl Engine {
         self.root = root;
         self.gen = gen;
         self.waking = waking;
+        self
+    }
+
+    /// The same engine with ttl refreshes at expiry exactly, not spread
+    /// (only for simulations that compare the two).
+    pub fn without_jitter(mut self) -> Engine {
+        self.jitter = false;
         self
     }
 
@@ -555,6 +582,9 @@ impl Engine {
             incoming,
             last_used: now,
             keys: Vec::new(),
+            refresh_requested: false,
+            forcing: false,
+            early_ms: 0,
         })
     }
 
@@ -1166,6 +1196,9 @@ impl Engine {
     /// waiting for a secret another VM fetches resumes soon after it is
     /// published; the rest of the work runs every [`MAINTENANCE_MS`].
     pub fn on_tick(&mut self, now: u64, store: &mut dyn SharedStore, out: &mut Vec<Action>) {
+        if self.secrets.iter().any(|s| s.refresh_requested) {
+            self.refresh_requested(now, store, out);
+        }
         if now < self.next_maintenance {
             if !self.waiters.is_empty() && self.waking == Waking::AnyContext {
                 // Evaluating waiters picks up what other VMs published.
@@ -1219,17 +1252,100 @@ impl Engine {
                 continue;
             }
             self.sync(i, store);
-            let due = self.secrets.get(i).is_some_and(|s| {
-                s.fetch.is_none()
-                    && s.entry
-                        .as_ref()
-                        .is_none_or(|e| e.expired(now) && now >= e.retry_at)
-            });
-            if due {
-                self.start_fetch(i, now, store, Owner::Root, out);
+            let idle = self.secrets.get(i).is_some_and(|s| s.fetch.is_none());
+            if idle && self.due(i, now) {
+                self.start_fetch(i, now, store, Owner::Root, false, out);
             }
         }
         self.flush(now, store, Owner::Root, out);
+    }
+
+    /// Is secret `i` to be fetched now: never fetched, or within its early
+    /// refresh window before expiry (or past it), and not backing off?
+    fn due(&self, i: usize, now: u64) -> bool {
+        let Some(s) = self.secrets.get(i) else {
+            return false;
+        };
+        let Some(e) = &s.entry else {
+            return true;
+        };
+        let refresh_at = e.expires_at.map(|x| x.saturating_sub(s.early_ms));
+        let stale = e.value.is_none() || refresh_at.is_some_and(|r| now >= r);
+        stale && now >= e.retry_at
+    }
+
+    /// May secret `i` be fetched again because an upstream refused it? Not
+    /// while backing off, and not within `refresh_min_interval` of the last
+    /// such refresh anywhere in the proxy (shared data says when).
+    fn refresh_allowed(&self, i: usize, now: u64) -> bool {
+        let Some(e) = self.secrets.get(i).and_then(|s| s.entry.as_ref()) else {
+            return false;
+        };
+        now >= e.retry_at
+            && now
+                >= e.forced_at
+                    .saturating_add(self.config.refresh_min_interval_ms)
+    }
+
+    /// The upstream answered `status` to a request that carried secrets
+    /// `used` (from a [`Rendered`] of this engine). Listed in
+    /// `refresh_on_status`: each is fetched again from the next tick, at most
+    /// once per `refresh_min_interval` per proxy whatever clients send.
+    pub fn on_upstream_status(
+        &mut self,
+        used: &[usize],
+        status: u16,
+        now: u64,
+        store: &dyn SharedStore,
+    ) {
+        if !self.config.refresh_on_status.contains(&status) {
+            return;
+        }
+        for &i in used {
+            if self.secrets.get(i).is_none_or(|s| s.refresh_requested) {
+                continue;
+            }
+            self.sync(i, store); // another worker may have just refreshed it
+            if self.refresh_allowed(i, now) {
+                if let Some(s) = self.secrets.get_mut(i) {
+                    s.refresh_requested = true;
+                }
+            }
+        }
+    }
+
+    /// Start the refreshes upstream statuses asked for (from any tick: on
+    /// Kong a response callback may not send callouts).
+    fn refresh_requested(&mut self, now: u64, store: &mut dyn SharedStore, out: &mut Vec<Action>) {
+        for i in 0..self.secrets.len() {
+            let Some(s) = self.secrets.get_mut(i) else {
+                continue;
+            };
+            if !std::mem::take(&mut s.refresh_requested) || s.fetch.is_some() {
+                continue;
+            }
+            self.sync(i, store);
+            if self.refresh_allowed(i, now)
+                && self.start_fetch(i, now, store, Owner::Root, true, out)
+            {
+                self.stats.refreshes_on_status += 1;
+            }
+        }
+    }
+
+    /// The secrets the configured request headers use.
+    fn request_secrets(&self) -> Vec<usize> {
+        let mut used: Vec<usize> = Vec::new();
+        for part in self.request.iter().flat_map(|h| &h.parts) {
+            if let Part::Ref(r) = part {
+                if let Some(i) = self.refs.get(*r).map(|r| r.secret) {
+                    if !used.contains(&i) {
+                        used.push(i);
+                    }
+                }
+            }
+        }
+        used
     }
 
     /// Is every configured secret, and every one in `extra`, usable now?
@@ -1294,7 +1410,7 @@ impl Engine {
             // Kong: the request sends its own callout (`wake`), one at a time.
             return Status::Wait;
         }
-        if !self.start_fetch(i, now, store, owner, out) {
+        if !self.start_fetch(i, now, store, owner, false, out) {
             // Another VM holds the lease (its result arrives via shared
             // data) or just published, or the fetch failed at once.
             if self.usable(i, now) {
@@ -1344,8 +1460,17 @@ impl Engine {
             .get(i)
             .and_then(|s| s.entry.as_ref())
             .is_none_or(|old| old.value != entry.value);
+        let early = match (self.jitter, self.secrets.get(i)) {
+            (true, Some(s)) if changed_value => {
+                let tenth = crate::cache::secs_to_ms(s.target.ttl) / 10;
+                (tenth as f64 * self.random_unit()) as u64
+            }
+            (_, Some(s)) => s.early_ms,
+            (_, None) => 0,
+        };
         if let Some(s) = self.secrets.get_mut(i) {
             s.entry = Some(entry);
+            s.early_ms = early;
         }
         self.dirty = true;
         if changed_value {
@@ -1381,12 +1506,15 @@ impl Engine {
 
     /// Try to start a GetSecretValue for secret `i`. False when another VM
     /// holds the lease or the request could not be built (failure recorded).
+    /// `forced`: an upstream refused its value (`refresh_on_status`): fetch
+    /// even if fresh, as long as [`Engine::refresh_allowed`].
     fn start_fetch(
         &mut self,
         i: usize,
         now: u64,
         store: &mut dyn SharedStore,
         owner: Owner,
+        forced: bool,
         out: &mut Vec<Action>,
     ) -> bool {
         let Some(slot) = self.secrets.get(i).map(|s| s.slot) else {
@@ -1409,16 +1537,22 @@ impl Engine {
         // Another VM may have published between our look at shared data and
         // taking the lease: fetch only if it is still due.
         self.sync(i, store);
-        let due = self.secrets.get(i).is_some_and(|s| {
-            s.entry
-                .as_ref()
-                .is_none_or(|e| e.expired(now) && now >= e.retry_at)
-        });
+        let due = if forced {
+            self.refresh_allowed(i, now)
+        } else {
+            self.due(i, now)
+        };
         if !due {
             self.release_lease(i, store);
             return false;
         }
-        self.dispatch_secret(i, credentials, now, store, owner, true, out)
+        let sent = self.dispatch_secret(i, credentials, now, store, owner, true, out);
+        if sent && forced {
+            if let Some(s) = self.secrets.get_mut(i) {
+                s.forcing = true;
+            }
+        }
+        sent
     }
 
     /// Take secret `i`'s proxy-wide fetch lease, for as long as a fetch may take.
@@ -1534,11 +1668,17 @@ impl Engine {
         let Some(s) = self.secrets.get(i) else { return };
         let mut entry = self.base_entry(i, store);
         entry.succeed(value, now, s.target.ttl, s.target.resurrect_ttl);
+        if s.forcing {
+            entry.forced_at = now;
+        }
         let current = cache::publish(store, &s.skey, &entry);
         out.push(Action::Log {
             level: Level::Info,
             message: format!("fetched {}", self.describe(i)),
         });
+        if let Some(s) = self.secrets.get_mut(i) {
+            s.forcing = false;
+        }
         self.adopt(i, current);
     }
 
@@ -1555,6 +1695,9 @@ impl Engine {
         let Some(s) = self.secrets.get(i) else { return };
         let mut entry = self.base_entry(i, store);
         entry.fail(reason.clone(), cacheable, now, s.target.neg_ttl, jitter);
+        if s.forcing {
+            entry.forced_at = now;
+        }
         // A failure for a name a client chose stays here: junk must leave
         // nothing behind in shared data.
         let current = if s.incoming {
@@ -1575,6 +1718,9 @@ impl Engine {
                 current.retry_at.saturating_sub(now)
             ),
         });
+        if let Some(s) = self.secrets.get_mut(i) {
+            s.forcing = false;
+        }
         self.adopt(i, current);
     }
 
@@ -1715,7 +1861,14 @@ impl Engine {
     }
 
     fn render_now(&self) -> Result<Rendered, String> {
+        let used = if self.config.refresh_on_status.is_empty() {
+            Vec::new()
+        } else {
+            self.request_secrets()
+        };
         Ok(Rendered {
+            used,
+            gen: self.gen,
             request: self
                 .request
                 .iter()

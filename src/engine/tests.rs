@@ -1244,3 +1244,159 @@ mod incoming_properties {
         }
     }
 }
+
+// ---- refresh_on_status and jittered refresh ----
+
+const ROTATING: &str = r#"{
+  "aws": {"region": "us-east-1", "endpoint_url": "http://127.0.0.1:4566", "upstream": "moto", "ttl": 3600},
+  "request_headers": {"x-api-key": "{vault://aws/rotating}"},
+  "refresh_on_status": [401, 403],
+  "refresh_min_interval": 10
+}"#;
+
+/// VM `vm` serves a request; returns what it carried.
+fn served(p: &mut Proxy, vm: usize, ctx: u32) -> Rc<Rendered> {
+    match p.request(vm, ctx).0 {
+        Decision::Continue(r) => r,
+        d => panic!("{d:?}"),
+    }
+}
+
+fn warm_rotating(vms: usize) -> Proxy {
+    let mut p = Proxy::new(HostKind::Envoy, vms, ROTATING);
+    let out = p.tick(0);
+    p.answer_all(0, &out, &ok("key-v1"));
+    p
+}
+
+#[test]
+fn a_refused_value_is_fetched_again_at_once_then_not_before_the_interval() {
+    let mut p = warm_rotating(1);
+    let r = served(&mut p, 0, 1);
+    assert_eq!(header(&r.request, "x-api-key"), "key-v1");
+    assert!(!r.used.is_empty());
+    p.now += 1_000;
+    p.vms[0].on_upstream_status(&r.used, 401, p.now, &p.store);
+    let out = p.tick(0);
+    assert_eq!(
+        dispatches(&out).len(),
+        1,
+        "fetched again from the next tick"
+    );
+    p.answer_all(0, &out, &ok("key-v2"));
+    assert_eq!(header(&served(&mut p, 0, 2).request, "x-api-key"), "key-v2");
+    assert_eq!(p.vms[0].stats.refreshes_on_status, 1);
+    // A flood of refusals within refresh_min_interval: nothing more.
+    for ctx in 3..303 {
+        let r = served(&mut p, 0, ctx);
+        p.vms[0].on_upstream_status(&r.used, 401, p.now, &p.store);
+        assert!(dispatches(&p.tick(0)).is_empty());
+        p.now += 20;
+    }
+    p.now += 10_000;
+    let r = served(&mut p, 0, 400);
+    p.vms[0].on_upstream_status(&r.used, 403, p.now, &p.store);
+    assert_eq!(dispatches(&p.tick(0)).len(), 1, "once the interval passed");
+}
+
+#[test]
+fn statuses_not_listed_refresh_nothing() {
+    let mut p = warm_rotating(1);
+    let r = served(&mut p, 0, 1);
+    for status in [200, 404, 500, 503] {
+        p.now += 20_000;
+        p.vms[0].on_upstream_status(&r.used, status, p.now, &p.store);
+        assert!(dispatches(&p.tick(0)).is_empty(), "{status}");
+    }
+    let mut p = Proxy::new(HostKind::Envoy, 1, CONFIG); // no refresh_on_status
+    warm(&mut p);
+    let r = served(&mut p, 0, 1);
+    assert!(r.used.is_empty(), "nothing to watch: no status is read");
+}
+
+#[test]
+fn refusals_on_every_worker_cost_one_fetch_per_proxy() {
+    both(|kind| {
+        let mut p = Proxy::new(kind, 4, ROTATING);
+        let out = p.tick(0);
+        p.answer_all(0, &out, &ok("key-v1"));
+        p.now += 2_000;
+        let mut fetches = Vec::new();
+        for vm in 0..4 {
+            let r = served(&mut p, vm, 10 + vm as u32);
+            p.vms[vm].on_upstream_status(&r.used, 401, p.now, &p.store);
+        }
+        for vm in 0..4 {
+            let out = p.tick(vm);
+            fetches.extend(dispatches(&out).into_iter().map(|f| (vm, f)));
+        }
+        assert_eq!(fetches.len(), 1, "{kind:?}: one fetch under the lease");
+        let (vm, f) = fetches[0];
+        p.answer(vm, f, ok("key-v2"));
+        p.now += 200;
+        for vm in 0..4 {
+            p.tick(vm); // maintenance picks the new value up everywhere
+            assert_eq!(
+                header(&served(&mut p, vm, 100 + vm as u32).request, "x-api-key"),
+                "key-v2"
+            );
+        }
+        // Refusals arriving late for the old value change nothing now.
+        for vm in 0..4 {
+            p.vms[vm].on_upstream_status(&[0], 401, p.now, &p.store);
+            assert!(dispatches(&p.tick(vm)).is_empty());
+        }
+    });
+}
+
+/// When (ms after the value was fetched) each of `n` proxies refreshes a
+/// secret with ttl 100 s.
+fn first_refresh_after(n: u64, jitter: bool) -> Vec<u64> {
+    let config = Config::parse(
+        &ROTATING.replace(r#""ttl": 3600"#, r#""ttl": 100"#),
+        &|_| None,
+    )
+    .unwrap();
+    (0..n)
+        .map(|i| {
+            let mut e = Engine::new(&config, &env, 77 + i * 7919).unwrap();
+            if !jitter {
+                e = e.without_jitter();
+            }
+            let mut store = FakeStore::new(HostKind::Envoy);
+            let t0 = 1_700_000_000_000;
+            let mut out = Vec::new();
+            e.on_tick(t0, &mut store, &mut out);
+            let f = dispatches(&out)[0];
+            let mut o = Vec::new();
+            let answer = named(&e, f, ok("v"));
+            e.on_callout(f, answer, t0, &mut store, Owner::Root, &mut o);
+            let mut t = t0;
+            loop {
+                t += 200;
+                let mut out = Vec::new();
+                e.on_tick(t, &mut store, &mut out);
+                if !dispatches(&out).is_empty() {
+                    return t - t0;
+                }
+                assert!(t - t0 <= 100_200, "refreshed by expiry at the latest");
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn ttl_refreshes_are_spread_over_the_last_tenth() {
+    let spread = first_refresh_after(200, true);
+    assert!(
+        spread.iter().all(|&t| (90_000..=100_200).contains(&t)),
+        "{spread:?}"
+    );
+    let distinct: std::collections::BTreeSet<u64> = spread.iter().copied().collect();
+    assert!(distinct.len() > 30, "spread out: {distinct:?}");
+    let exact = first_refresh_after(20, false);
+    assert!(
+        exact.iter().all(|&t| (100_000..=100_200).contains(&t)),
+        "{exact:?}"
+    );
+}

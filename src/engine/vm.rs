@@ -251,6 +251,22 @@ impl Vm {
             .filter(|e| e.generation() == call.gen)
     }
 
+    /// The upstream answered `status` to a request of root `root` that
+    /// carried the secrets `used` (rendered by generation `gen`).
+    pub fn on_upstream_status(
+        &mut self,
+        root: u32,
+        gen: u32,
+        used: &[usize],
+        status: u16,
+        now: u64,
+        store: &dyn SharedStore,
+    ) {
+        if let Some(engine) = self.roots.get_mut(&root).filter(|e| e.generation() == gen) {
+            engine.on_upstream_status(used, status, now, store);
+        }
+    }
+
     /// Root `root`'s tick.
     pub fn on_tick(
         &mut self,

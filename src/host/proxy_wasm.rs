@@ -371,7 +371,7 @@ fn on_request_headers(ctx: u32) -> u32 {
     match decision {
         Decision::Continue(rendered) => {
             set_request_headers(&rendered);
-            if !rendered.response.is_empty() {
+            if !rendered.response.is_empty() || !rendered.used.is_empty() {
                 contexts(|c| c.http.get_mut(&ctx).map(|h| h.response = Some(rendered)));
             }
             CONTINUE
@@ -391,10 +391,10 @@ fn on_request_headers(ctx: u32) -> u32 {
 }
 
 fn on_response_headers(ctx: u32) -> u32 {
-    let Some((paused, rendered)) = contexts(|c| {
+    let Some((root, paused, rendered)) = contexts(|c| {
         c.http.get_mut(&ctx).map(|h| {
             let paused = std::mem::take(&mut h.paused);
-            (paused, h.response.take())
+            (h.root, paused, h.response.take())
         })
     })
     .flatten() else {
@@ -408,10 +408,31 @@ fn on_response_headers(ctx: u32) -> u32 {
             "a paused request was continued by the host without its secrets (a failed callout on Kong <= 3.8?)",
         );
     }
-    if let Some(rendered) = rendered {
-        for (name, value) in &rendered.response {
-            abi::replace_header(abi::MAP_RESPONSE_HEADERS, name, value);
+    let Some(rendered) = rendered else {
+        return CONTINUE;
+    };
+    if !rendered.used.is_empty() {
+        // refresh_on_status: did the upstream refuse what it was given?
+        let status = abi::header_value(abi::MAP_RESPONSE_HEADERS, ":status")
+            .and_then(|s| s.trim().parse::<u16>().ok());
+        if let Some(status) = status {
+            let now = now_ms();
+            VM.with(|cell| {
+                if let Ok(mut vm) = cell.try_borrow_mut() {
+                    vm.on_upstream_status(
+                        root,
+                        rendered.gen,
+                        &rendered.used,
+                        status,
+                        now,
+                        &AbiHost,
+                    );
+                }
+            });
         }
+    }
+    for (name, value) in &rendered.response {
+        abi::replace_header(abi::MAP_RESPONSE_HEADERS, name, value);
     }
     CONTINUE
 }
@@ -736,6 +757,13 @@ mod abi {
             value: *const u8,
             value_size: usize,
         ) -> u32;
+        fn proxy_get_header_map_value(
+            map: u32,
+            key: *const u8,
+            key_size: usize,
+            out_data: *mut *mut u8,
+            out_size: *mut usize,
+        ) -> u32;
         fn proxy_get_header_map_pairs(
             map: u32,
             out_data: *mut *mut u8,
@@ -890,6 +918,20 @@ mod abi {
                 value.len(),
             );
         }
+    }
+
+    /// One header's value, if present (non-UTF-8 bytes replaced).
+    pub fn header_value(map: u32, name: &str) -> Option<String> {
+        let mut data = null_mut();
+        let mut size = 0usize;
+        let status = unsafe {
+            proxy_get_header_map_value(map, name.as_ptr(), name.len(), &mut data, &mut size)
+        };
+        if status != OK || data.is_null() {
+            return None;
+        }
+        let bytes = unsafe { take(data, size) };
+        Some(String::from_utf8_lossy(&bytes).into_owned())
     }
 
     /// A header map, decoded leniently (non-UTF-8 bytes replaced).

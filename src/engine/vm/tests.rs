@@ -414,3 +414,32 @@ fn outside_text_never_forges_log_lines() {
             .all(|m| m.chars().count() <= crate::text::MAX_LOG_LINE + 3));
     });
 }
+
+#[test]
+fn refresh_on_status_is_a_setting_of_each_root() {
+    let mut p = proxy(HostKind::Envoy, 1);
+    let watching = config(r#"{"x": "{vault://aws/sec-a}"}"#).replace(
+        r#""request_headers""#,
+        r#""refresh_on_status": [401], "request_headers""#,
+    );
+    p.configure(A, &watching).unwrap();
+    p.configure(B, &config(r#"{"y": "{vault://aws/sec-a}"}"#))
+        .unwrap();
+    p.advance(250, &[A, B]);
+    p.answer_all();
+    let calls = p.aws.get_secret_value_calls;
+    let b = p.request(0, B, &[]);
+    p.now += 20_000;
+    p.upstream_status(b, 401);
+    p.advance(50, &[A, B]);
+    assert_eq!(
+        p.aws.get_secret_value_calls, calls,
+        "B does not watch statuses"
+    );
+    let a = p.request(0, A, &[]);
+    p.upstream_status(a, 401);
+    p.advance(50, &[A, B]);
+    p.answer_all();
+    assert_eq!(p.aws.get_secret_value_calls, calls + 1, "A does");
+    assert_clean(&p);
+}

@@ -499,6 +499,28 @@ impl FakeProxy {
         }
     }
 
+    /// The upstream answered request `ctx` with `status` (its response
+    /// headers reach the filter).
+    pub fn upstream_status(&mut self, ctx: u32, status: u16) {
+        let Some(r) = self.requests.get(&ctx) else {
+            return;
+        };
+        let (worker, root) = (r.worker, r.root);
+        let Some(rendered) = r.response.clone() else {
+            return;
+        };
+        let vms = std::mem::take(&mut self.vms);
+        vms[worker].borrow_mut().on_upstream_status(
+            root,
+            rendered.gen,
+            &rendered.used,
+            status,
+            self.now,
+            &self.store,
+        );
+        self.vms = vms;
+    }
+
     /// The request ended (answered, or the client left).
     pub fn finish(&mut self, ctx: u32) {
         let Some(r) = self.requests.get_mut(&ctx) else {
