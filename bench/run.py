@@ -925,6 +925,7 @@ def fleet_chart(fleet: dict, png: Path):
     ax.axhline(quota, color="black", linestyle="--", linewidth=1,
                label=f"AWS GetSecretValue quota: {quota:,}/s per account and Region")
     ax.set_yscale("symlog", linthresh=100)
+    ax.set_ylim(bottom=0)
     ax.set_xlabel("seconds after the fleet restarted")
     ax.set_ylabel("GetSecretValue calls per second")
     ax.set_title(f"{fleet['proxies']:,} proxies restarted at once, {fleet['secrets']} secrets each, "

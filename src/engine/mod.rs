@@ -1460,8 +1460,15 @@ impl Engine {
             .get(i)
             .and_then(|s| s.entry.as_ref())
             .is_none_or(|old| old.value != entry.value);
+        // A new fetch (not only a new value) draws a new point: every
+        // refresh lands somewhere else in the window.
+        let refetched = self
+            .secrets
+            .get(i)
+            .and_then(|s| s.entry.as_ref())
+            .is_none_or(|old| old.fetched_at != entry.fetched_at);
         let early = match (self.jitter, self.secrets.get(i)) {
-            (true, Some(s)) if changed_value => {
+            (true, Some(s)) if refetched => {
                 let tenth = crate::cache::secs_to_ms(s.target.ttl) / 10;
                 (tenth as f64 * self.random_unit()) as u64
             }
