@@ -1400,3 +1400,22 @@ fn ttl_refreshes_are_spread_over_the_last_tenth() {
         "{exact:?}"
     );
 }
+
+#[test]
+fn the_warm_path_serves_only_fresh_values_without_incoming_headers() {
+    let mut p = Proxy::new(HostKind::Envoy, 1, CONFIG);
+    assert!(p.vms[0].warm(p.now).is_none(), "cold: nothing to serve");
+    warm(&mut p);
+    let r = p.vms[0].warm(p.now).expect("fresh");
+    assert_eq!(header(&r.request, "authorization"), "Bearer t0k");
+    // ttl 10 s: a tick-old clock inside it serves, past it the engine decides.
+    assert!(p.vms[0].warm(p.now + 9_999).is_some());
+    assert!(p.vms[0].warm(p.now + 10_000).is_none());
+    let mut t = Proxy::new(HostKind::Envoy, 1, TRUSTED);
+    let out = t.tick(0);
+    t.answer_all(0, &out, &ok("static-value"));
+    assert!(
+        t.vms[0].warm(t.now).is_none(),
+        "incoming headers must be read"
+    );
+}

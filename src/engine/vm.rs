@@ -143,6 +143,11 @@ impl Vm {
         self.roots.get(&root).map_or(&[], |e| e.trusted_headers())
     }
 
+    /// The warm path of [`Engine::warm`] for a request of root `root`.
+    pub fn warm(&mut self, root: u32, now: u64) -> Option<std::rc::Rc<super::Rendered>> {
+        self.roots.get_mut(&root)?.warm(now)
+    }
+
     /// A request of root `root` arrived.
     #[allow(clippy::too_many_arguments)]
     pub fn on_request(
