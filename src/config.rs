@@ -35,6 +35,8 @@ pub struct VaultSettings {
     pub assume_role_arn: Option<String>,
     pub role_session_name: Option<String>,
     pub sts_endpoint_url: Option<Endpoint>,
+    /// Where the AssumeRole callout goes (Envoy cluster, Kong `host:port`).
+    pub sts_upstream: Option<String>,
     pub ttl: Option<f64>,
     pub neg_ttl: Option<f64>,
     pub resurrect_ttl: Option<f64>,
@@ -79,6 +81,7 @@ impl VaultSettings {
         "assume_role_arn",
         "role_session_name",
         "sts_endpoint_url",
+        "sts_upstream",
         "ttl",
         "neg_ttl",
         "resurrect_ttl",
@@ -99,6 +102,7 @@ impl VaultSettings {
             "sts_endpoint_url" => {
                 self.sts_endpoint_url = Some(secrets_manager::parse_endpoint_url(raw.string()?)?)
             }
+            "sts_upstream" => self.sts_upstream = Some(non_empty(raw.string()?)?),
             "ttl" => self.ttl = Some(ttl(raw.number()?)?),
             "neg_ttl" => self.neg_ttl = Some(ttl(raw.number()?)?),
             "resurrect_ttl" => self.resurrect_ttl = Some(ttl(raw.number()?)?),
@@ -121,6 +125,7 @@ impl VaultSettings {
             "assume_role_arn" => self.assume_role_arn = None,
             "role_session_name" => self.role_session_name = None,
             "sts_endpoint_url" => self.sts_endpoint_url = None,
+            "sts_upstream" => self.sts_upstream = None,
             "ttl" => self.ttl = None,
             "neg_ttl" => self.neg_ttl = None,
             "resurrect_ttl" => self.resurrect_ttl = None,
@@ -269,6 +274,8 @@ pub struct SecretTarget {
     pub assume_role_arn: Option<String>,
     pub role_session_name: String,
     pub sts_endpoint: Option<Endpoint>,
+    /// The AssumeRole callout's upstream; `None`: the STS endpoint's `host[:port]`.
+    pub sts_upstream: Option<String>,
     /// Seconds; 0 = never refreshed.
     pub ttl: f64,
     /// Seconds; 0 = misses not cached.
@@ -619,6 +626,7 @@ impl Config {
                     .clone()
                     .unwrap_or_else(|| DEFAULT_ROLE_SESSION_NAME.to_string()),
                 sts_endpoint: settings.sts_endpoint_url.clone(),
+                sts_upstream: settings.sts_upstream.clone(),
                 ttl: settings.ttl.unwrap_or(0.0),
                 neg_ttl: settings.neg_ttl.unwrap_or(0.0),
                 resurrect_ttl: settings.resurrect_ttl.unwrap_or(DEFAULT_RESURRECT_TTL),
@@ -1063,6 +1071,11 @@ mod tests {
     fn errors_name_the_field() {
         let cases = [
             (r#"{"bogus": 1}"#, "bogus: unknown field"),
+            (r#"{"aws": {"sts_upstream": ""}}"#, "aws.sts_upstream:"),
+            (
+                r#"{"aws": {"sts_upstream": 5}}"#,
+                "aws.sts_upstream: expected a string",
+            ),
             (
                 r#"{"refresh_on_status": 401}"#,
                 "refresh_on_status: expected an array",

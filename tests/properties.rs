@@ -822,7 +822,7 @@ proptest! {
             .collect();
         let want = if use_binary {
             obj.insert("SecretBinary".into(), Value::String(base64(&binary)));
-            SecretValue::Binary(binary)
+            SecretValue::Binary(base64(&binary))
         } else {
             obj.insert("SecretString".into(), Value::String(secret.clone()));
             SecretValue::String(secret)
@@ -949,6 +949,7 @@ fn arb_entry() -> impl Strategy<Value = Entry> {
                 failures,
                 retry_at,
                 forced_at: retry_at ^ 0x5a5a,
+                binary: failures % 2 == 1,
             },
         )
 }

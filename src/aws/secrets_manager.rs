@@ -223,7 +223,14 @@ pub fn get_secret_value_request(
 #[derive(Clone, PartialEq, Eq)]
 pub enum SecretValue {
     String(String),
-    Binary(Vec<u8>),
+    /// `SecretBinary`: the base64 text exactly as AWS sent it (checked to be
+    /// strict, canonical base64; [`decode_binary`] gives the bytes).
+    Binary(String),
+}
+
+/// The bytes of a [`SecretValue::Binary`].
+pub fn decode_binary(base64: &str) -> Option<Vec<u8>> {
+    base64_decode(base64)
 }
 
 impl fmt::Debug for SecretValue {
@@ -392,9 +399,10 @@ fn parse_answer(
         None | Some(Value::Null) => Err(malformed(
             "response has neither SecretString nor SecretBinary",
         )),
-        Some(Value::String(b64)) => base64_decode(&b64)
-            .map(SecretValue::Binary)
-            .ok_or_else(|| malformed("SecretBinary is not valid base64")),
+        Some(Value::String(b64)) => match base64_decode(&b64) {
+            Some(_) => Ok(SecretValue::Binary(b64)),
+            None => Err(malformed("SecretBinary is not valid base64")),
+        },
         Some(_) => Err(malformed("SecretBinary is not a string")),
     }
 }
@@ -1054,9 +1062,10 @@ mod tests {
             let r = resp(200, &[], body.as_bytes());
             assert_eq!(
                 parse_get_secret_value(&r),
-                Ok(SecretValue::Binary(want.to_vec())),
+                Ok(SecretValue::Binary(b64.to_string())),
                 "{b64}"
             );
+            assert_eq!(decode_binary(b64).as_deref(), Some(want));
         }
         // Every byte value round-trips (checked against Python's base64 module:
         // base64.b64encode(bytes(range(256)))).
@@ -1186,8 +1195,8 @@ mod tests {
     fn secret_value_debug_hides_value() {
         let s = format!("{:?}", SecretValue::String("hunter2".into()));
         assert_eq!(s, "SecretValue::String(<7 bytes>)");
-        let b = format!("{:?}", SecretValue::Binary(b"hunter2".to_vec()));
-        assert_eq!(b, "SecretValue::Binary(<7 bytes>)");
+        let b = format!("{:?}", SecretValue::Binary("aHVudGVyMg==".into()));
+        assert_eq!(b, "SecretValue::Binary(<12 bytes>)");
     }
 
     // ---- error shapes ----

@@ -8,10 +8,12 @@
 pub(crate) struct Writer(Vec<u8>);
 
 impl Writer {
-    pub fn new(tag: u8) -> Writer {
+    /// A record of kind `tag` in format `version` (readers accept only
+    /// [`super::FORMAT`]).
+    pub fn new(tag: u8, version: u8) -> Writer {
         let mut bytes = Vec::with_capacity(128);
         bytes.push(tag);
-        bytes.push(super::FORMAT);
+        bytes.push(version);
         Writer(bytes)
     }
 
@@ -136,7 +138,7 @@ mod tests {
 
     #[test]
     fn round_trip_and_strictness() {
-        let bytes = Writer::new(b'T')
+        let bytes = Writer::new(b'T', super::super::FORMAT)
             .u32(7)
             .u64(u64::MAX)
             .str("héllo")

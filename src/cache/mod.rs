@@ -32,8 +32,10 @@ pub struct Entry {
     pub key: String,
     /// When the last fetch outcome (success or failure) was recorded.
     pub updated_at: u64,
-    /// Last good SecretString.
+    /// Last good value: the SecretString, or SecretBinary's base64 text.
     pub value: Option<String>,
+    /// The value is SecretBinary (base64 text): no key can be taken from it.
+    pub binary: bool,
     pub fetched_at: u64,
     /// End of freshness; `None` = never expires (ttl 0).
     pub expires_at: Option<u64>,
@@ -56,6 +58,7 @@ impl std::fmt::Debug for Entry {
             .field("key", &self.key)
             .field("updated_at", &self.updated_at)
             .field("has_value", &self.value.is_some())
+            .field("binary", &self.binary)
             .field("fetched_at", &self.fetched_at)
             .field("expires_at", &self.expires_at)
             .field("resurrect_until", &self.resurrect_until)
@@ -91,6 +94,7 @@ impl Entry {
         self.v = FORMAT;
         self.updated_at = now;
         self.value = Some(value);
+        self.binary = false;
         self.fetched_at = now;
         self.expires_at = expires_at;
         self.resurrect_until = expires_at.map(|e| e.saturating_add(secs_to_ms(resurrect_ttl_s)));
@@ -115,10 +119,11 @@ impl Entry {
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        Writer::new(b'E')
+        Writer::new(b'E', self.v)
             .str(&self.key)
             .u64(self.updated_at)
             .opt_str(self.value.as_deref())
+            .u32(u32::from(self.binary))
             .u64(self.fetched_at)
             .opt_u64(self.expires_at)
             .opt_u64(self.resurrect_until)
@@ -137,6 +142,7 @@ impl Entry {
             key: r.str()?,
             updated_at: r.u64()?,
             value: r.opt_str()?,
+            binary: r.u32()? == 1,
             fetched_at: r.u64()?,
             expires_at: r.opt_u64()?,
             resurrect_until: r.opt_u64()?,
@@ -236,7 +242,7 @@ impl Lease {
     }
 
     fn encode(&self) -> Vec<u8> {
-        Writer::new(b'L').u64(self.holder).u64(self.until).finish()
+        Writer::new(b'L', FORMAT).u64(self.holder).u64(self.until).finish()
     }
 
     fn decode(bytes: &[u8]) -> Option<Lease> {
@@ -348,7 +354,7 @@ impl SharedCredentials {
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        Writer::new(b'C')
+        Writer::new(b'C', self.v)
             .str(&self.key)
             .str(&self.access_key_id)
             .str(&self.secret_access_key)

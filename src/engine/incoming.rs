@@ -320,6 +320,9 @@ impl Engine {
         let Some(key) = key else {
             return header_safe(value.to_string());
         };
+        if s.entry.as_ref().is_some_and(|e| e.binary) {
+            return Err(super::BINARY_KEY.into());
+        }
         if let Some((_, v)) = s.keys.iter().find(|(k, _)| k == key) {
             return v.clone();
         }

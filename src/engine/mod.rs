@@ -553,6 +553,7 @@ impl Engine {
                 let mut role = AssumeRoleSettings::new(arn, &t.region);
                 role.session_name = t.role_session_name.clone();
                 role.sts_endpoint = t.sts_endpoint.clone();
+                role.upstream = t.sts_upstream.clone();
                 role.timeout_ms = t.timeout_ms;
                 let key = format!(
                     "role|{}|{}|{}|{}",
@@ -949,44 +950,40 @@ impl Engine {
             CalloutResult::Failed(reason) => {
                 Err((format!("callout failed: {reason}"), false, "callout"))
             }
-            CalloutResult::Response(resp) => match secrets_manager::parse_get_secret_value_of(
-                &resp,
-                &secret.target.secret_id,
-            ) {
-                Ok(SecretValue::String(value)) => Ok(value),
-                Ok(SecretValue::Binary(_)) => Err((
-                    "the secret holds SecretBinary, not SecretString (not supported, as in Kong)"
-                        .to_string(),
-                    true,
-                    "other",
-                )),
-                Err(e) if e.kind == ErrorKind::Credentials && !retry => {
-                    // Expired or revoked credentials: drop them, fetch new
-                    // ones, and retry once (from the next evaluation).
-                    out.push(Action::Log {
-                        level: Level::Info,
-                        message: format!(
+            CalloutResult::Response(resp) => {
+                match secrets_manager::parse_get_secret_value_of(&resp, &secret.target.secret_id) {
+                    Ok(SecretValue::String(value)) => Ok((value, false)),
+                    // Unlike Kong, served as the base64 text AWS sent (as the
+                    // Secrets Manager Agent does); a key cannot be taken from it.
+                    Ok(SecretValue::Binary(base64)) => Ok((base64, true)),
+                    Err(e) if e.kind == ErrorKind::Credentials && !retry => {
+                        // Expired or revoked credentials: drop them, fetch new
+                        // ones, and retry once (from the next evaluation).
+                        out.push(Action::Log {
+                            level: Level::Info,
+                            message: format!(
                             "fetching {} was refused ({}): renewing credentials and retrying once",
                             self.describe(i),
                             e.code
                         ),
-                    });
-                    self.credentials.invalidate(slot, Some(&used));
-                    self.invalidate_shared(slot, &used, store);
-                    if let Some(s) = self.secrets.get_mut(i) {
-                        s.retrying = true;
+                        });
+                        self.credentials.invalidate(slot, Some(&used));
+                        self.invalidate_shared(slot, &used, store);
+                        if let Some(s) = self.secrets.get_mut(i) {
+                            s.retrying = true;
+                        }
+                        self.dirty = true;
+                        return;
                     }
-                    self.dirty = true;
-                    return;
+                    Err(e) => {
+                        let cacheable = !e.kind.is_retryable();
+                        Err((e.to_string(), cacheable, e.kind.as_str()))
+                    }
                 }
-                Err(e) => {
-                    let cacheable = !e.kind.is_retryable();
-                    Err((e.to_string(), cacheable, e.kind.as_str()))
-                }
-            },
+            }
         };
         match outcome {
-            Ok(value) => self.record_success(i, value, now, store, out),
+            Ok((value, binary)) => self.record_success(i, value, binary, now, store, out),
             Err((reason, cacheable, label)) => {
                 self.stats.failed(label);
                 self.record_failure(i, reason, cacheable, now, store, out)
@@ -1533,11 +1530,13 @@ impl Engine {
         };
         s.keys.clear();
         let value = s.entry.as_ref().and_then(|e| e.value.as_deref());
+        let binary = s.entry.as_ref().is_some_and(|e| e.binary);
         let mut parsed = None;
         for slot in self.refs.iter_mut().filter(|r| r.secret == i) {
             slot.value = match (value, &slot.key) {
                 (None, _) => Err("no value".into()),
                 (Some(v), None) => header_safe(v.to_string()),
+                (Some(_), Some(_)) if binary => Err(BINARY_KEY.into()),
                 (Some(v), Some(key)) => parsed
                     .get_or_insert_with(|| secrets_manager::parse_object(v))
                     .as_ref()
@@ -1705,6 +1704,7 @@ impl Engine {
         &mut self,
         i: usize,
         value: String,
+        binary: bool,
         now: u64,
         store: &mut dyn SharedStore,
         out: &mut Vec<Action>,
@@ -1713,6 +1713,7 @@ impl Engine {
         let Some(s) = self.secrets.get(i) else { return };
         let mut entry = self.base_entry(i, store);
         entry.succeed(value, now, s.target.ttl, s.target.resurrect_ttl);
+        entry.binary = binary;
         if s.forcing {
             entry.forced_at = now;
         }
@@ -1969,6 +1970,10 @@ impl Engine {
         (x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64
     }
 }
+
+/// Why a key reference to a SecretBinary secret fails.
+const BINARY_KEY: &str =
+    "the secret holds SecretBinary: a key cannot be taken from it (reference the whole secret for its base64 text)";
 
 /// A rendered header, if its value may be sent.
 fn checked_header(name: &str, value: String) -> Result<(String, String), String> {

@@ -1419,3 +1419,52 @@ fn the_warm_path_serves_only_fresh_values_without_incoming_headers() {
         "incoming headers must be read"
     );
 }
+
+#[test]
+fn secret_binary_is_served_as_its_base64_text_and_never_by_key() {
+    let config = r#"{
+      "aws": {"region": "us-east-1", "endpoint_url": "http://127.0.0.1:4566", "upstream": "moto"},
+      "request_headers": {"x-bin": "{vault://aws/bin}"}
+    }"#;
+    let binary = |b64: &str| {
+        CalloutResult::Response(HttpResponse {
+            status: 200,
+            headers: vec![],
+            body: format!(r#"{{"ARN":"arn","Name":"*","SecretBinary":"{b64}"}}"#).into_bytes(),
+        })
+    };
+    let mut p = Proxy::new(HostKind::Envoy, 1, config);
+    let out = p.tick(0);
+    p.answer_all(0, &out, &binary("AAH/aGk="));
+    let r = served(&mut p, 0, 1);
+    assert_eq!(header(&r.request, "x-bin"), "AAH/aGk=");
+    let keyed = config.replace("{vault://aws/bin}", "{vault://aws/bin/key}");
+    let mut p = Proxy::new(HostKind::Envoy, 1, &keyed);
+    let out = p.tick(0);
+    p.answer_all(0, &out, &binary("AAH/aGk="));
+    let (d, out) = p.request(0, 1);
+    assert_eq!(d, Decision::Reject);
+    assert!(logs(&out).contains("holds SecretBinary"), "{}", logs(&out));
+    assert!(!logs(&out).contains("AAH/aGk="));
+}
+
+#[test]
+fn assume_role_goes_to_the_vault_sts_upstream() {
+    let config = r#"{
+      "aws": {"region": "us-east-1", "endpoint_url": "http://127.0.0.1:4566", "upstream": "moto",
+              "assume_role_arn": "arn:aws:iam::123456789012:role/reader",
+              "sts_endpoint_url": "http://127.0.0.1:4566", "sts_upstream": "sts_cluster"},
+      "request_headers": {"x": "{vault://aws/s}", "y": "{vault://aws/t?sts_upstream=other_sts}"}
+    }"#;
+    let mut p = Proxy::new(HostKind::Envoy, 1, config);
+    let out = p.tick(0);
+    let upstreams: Vec<String> = dispatch_of(&out).into_iter().map(|(_, u, _)| u).collect();
+    assert!(
+        upstreams.contains(&"sts_cluster".to_string()),
+        "{upstreams:?}"
+    );
+    assert!(
+        upstreams.contains(&"other_sts".to_string()),
+        "{upstreams:?}"
+    );
+}

@@ -110,6 +110,17 @@ def test_assume_role_through_sts(moto, proxy, make_envoy, aws):
     assert_signed_with_temporary(moto, answered(proxy, GET, "cred/assumed"))
 
 
+def test_assume_role_through_a_named_sts_upstream(moto, proxy, make_envoy, aws):
+    """`sts_upstream` routes AssumeRole to a cluster of any name: none is named after the
+    STS endpoint's host:port."""
+    envoy, value = start(moto, make_envoy, aws, "cred/assumed-named", clusters={"sts": proxy.port},
+                         assume_role_arn=moto.role_arn, sts_endpoint_url=proxy.url,
+                         sts_upstream="sts")
+    assert_resolved(envoy, value)
+    assert answered(proxy, "AssumeRole")
+    assert_signed_with_temporary(moto, answered(proxy, GET, "cred/assumed-named"))
+
+
 def test_container_credentials(moto, proxy, serve, make_envoy, aws):
     ecs = serve(ContainerEndpoint, ECS_TOKEN)
     envoy, value = start_on_container(moto, make_envoy, aws, ecs, "cred/container")

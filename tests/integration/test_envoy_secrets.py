@@ -68,6 +68,20 @@ def test_two_references_share_one_fetch(moto, proxy, make_envoy, aws):
     assert 1 <= len(proxy.get_secret_value_calls("a")) <= 2  # at most one per worker
 
 
+def test_secret_binary_whole_and_keyed(moto, make_envoy, aws):
+    """A SecretBinary secret: the whole secret is injected as the base64 text AWS returns;
+    a key on it is an error (503, nothing injected)."""
+    moto.put_secret("bin-secret", b"\x00\x01binary-value-8841\xff", binary=True)
+    envoy = start(make_envoy, aws, {"x-bin": "{vault://aws/bin-secret}"})
+    text = moto.client().get_secret_value(SecretId="bin-secret")["SecretBinary"]
+    import base64
+    assert_upstream_saw(envoy, {"x-bin": base64.b64encode(text).decode()})
+    keyed = start(make_envoy, aws, {"x-bin": "{vault://aws/bin-secret/key}"})
+    r = keyed.get()
+    assert r.status_code == 503
+    keyed.wait_log("holds SecretBinary: a key cannot be taken from it")
+
+
 def test_response_header(moto, make_envoy, aws):
     moto.put_secret("tenant", {"key": "tenant-key-1"})
     envoy = start(make_envoy, aws, response_headers={"x-tenant-key": "{vault://aws/tenant/key}"})
