@@ -20,8 +20,8 @@ use std::rc::Rc;
 
 use super::{checked_header, header_safe, Engine, Rendered};
 use crate::aws::secrets_manager;
+use crate::cache::SharedStore;
 use crate::config::Resolved;
-use crate::host::SharedStore;
 use crate::template::Segment;
 
 /// Most secrets named only by requests, per root and worker.

@@ -21,9 +21,8 @@ use crate::aws::credentials::{CredentialSet, Outgoing, Poll, Slot, Update};
 use crate::aws::secrets_manager::{self, ErrorKind, SecretValue};
 use crate::aws::sigv4::{self, Credentials};
 use crate::aws::HttpResponse;
-use crate::cache::{self, Entry, Lease, SharedCredentials};
+use crate::cache::{self, Entry, Lease, SharedCredentials, SharedStore};
 use crate::config::{Config, EnvRef, HeaderTemplate, Resolved, SecretTarget};
-use crate::host::SharedStore;
 use crate::template::Segment;
 
 /// Longest secret (or key) value injected into a header, in bytes.

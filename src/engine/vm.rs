@@ -21,8 +21,8 @@ use super::{
     Action, CallRef, CalloutResult, Decision, Engine, Level, Owner, Stats, Waking,
     CALLOUT_GRACE_MS, MAINTENANCE_MS,
 };
+use crate::cache::SharedStore;
 use crate::config::Config;
-use crate::host::SharedStore;
 
 /// Most root contexts (filter configurations) one VM serves.
 pub const MAX_ROOTS: usize = 1024;
