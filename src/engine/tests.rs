@@ -8,6 +8,7 @@
 )]
 
 use super::*;
+use crate::cache::Entry;
 use crate::host::fake::{FakeStore, HostKind};
 
 const CONFIG: &str = r#"{
