@@ -3,7 +3,7 @@
 //! credentials to shared data; the others use them until a refresh is due.
 //! [`CredSlot`] is one source (the base chain or an assumed role).
 
-use super::{Action, Engine, Fetch, FetchKind, Owner, CALLOUT_GRACE_MS};
+use super::{Action, Engine, FetchKind, Owner};
 use crate::aws::credentials::{Outgoing, Poll, Slot, TimedCredentials};
 use crate::aws::sigv4::Credentials;
 use crate::cache::{self, Lease, SharedCredentials, SharedStore};
@@ -159,21 +159,13 @@ impl Engine {
                     request,
                     timeout_ms,
                 } => {
-                    let fetch = self.next_fetch;
-                    self.next_fetch += 1;
                     let sent = Outgoing {
                         upstream: upstream.clone(),
                         request: request.clone(),
                         timeout_ms,
                     };
-                    self.fetches.insert(
-                        fetch,
-                        Fetch {
-                            kind: FetchKind::Credentials { id, slot, sent },
-                            owner,
-                            deadline: now + u64::from(timeout_ms) + CALLOUT_GRACE_MS,
-                        },
-                    );
+                    let kind = FetchKind::Credentials { id, slot, sent };
+                    let fetch = self.track(kind, owner, now, timeout_ms);
                     out.push(Action::Dispatch {
                         call: self.call(fetch),
                         upstream,

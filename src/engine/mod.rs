@@ -304,6 +304,23 @@ impl Engine {
         }
     }
 
+    /// Record a callout about to be sent from `owner`'s context for `kind`,
+    /// given up on `timeout_ms` plus [`CALLOUT_GRACE_MS`] after `now`: its
+    /// fetch id.
+    fn track(&mut self, kind: FetchKind, owner: Owner, now: u64, timeout_ms: u32) -> u64 {
+        let id = self.next_fetch;
+        self.next_fetch += 1;
+        self.fetches.insert(
+            id,
+            Fetch {
+                kind,
+                owner,
+                deadline: now + u64::from(timeout_ms) + CALLOUT_GRACE_MS,
+            },
+        );
+        id
+    }
+
     /// Names of incoming request headers whose references are resolved.
     pub fn trusted_headers(&self) -> &[String] {
         &self.config.resolve_incoming_headers

@@ -6,8 +6,7 @@
 use std::time::{Duration, SystemTime};
 
 use super::{
-    Action, CalloutResult, CredSlot, Engine, Fetch, FetchKind, Level, Owner, Waking,
-    CALLOUT_GRACE_MS,
+    Action, CalloutResult, CredSlot, Engine, FetchKind, Level, Owner, Waking, CALLOUT_GRACE_MS,
 };
 use crate::aws::credentials::assume_role::AssumeRoleSettings;
 use crate::aws::credentials::Slot;
@@ -364,7 +363,6 @@ impl Engine {
             return false;
         };
         let t = &s.target;
-        let deadline = now + u64::from(t.timeout_ms) + CALLOUT_GRACE_MS;
         let mut request =
             secrets_manager::get_secret_value_request(&t.endpoint, &t.secret_id, t.stage);
         let time = SystemTime::UNIX_EPOCH + Duration::from_millis(now);
@@ -385,22 +383,14 @@ impl Engine {
             }
             return false;
         }
-        let id = self.next_fetch;
-        self.next_fetch += 1;
         let retry = self.secrets.get(i).is_some_and(|s| s.retrying);
-        self.fetches.insert(
-            id,
-            Fetch {
-                kind: FetchKind::Secret {
-                    secret: i,
-                    credentials,
-                    retry,
-                    leased,
-                },
-                owner,
-                deadline,
-            },
-        );
+        let kind = FetchKind::Secret {
+            secret: i,
+            credentials,
+            retry,
+            leased,
+        };
+        let id = self.track(kind, owner, now, timeout_ms);
         if let Some(s) = self.secrets.get_mut(i) {
             if leased {
                 s.fetch = Some(id);

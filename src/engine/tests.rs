@@ -9,6 +9,7 @@
 
 use super::*;
 use crate::cache::Entry;
+use crate::host::fake::proxy::test_env as env;
 use crate::host::fake::{FakeStore, HostKind};
 
 const CONFIG: &str = r#"{
@@ -16,16 +17,6 @@ const CONFIG: &str = r#"{
   "request_headers": {"authorization": "Bearer {vault://aws/prod/api/token}", "x-two": "{vault://aws/prod/api/user}:{vault://aws/prod/api/token}"},
   "response_headers": {"x-resp": "{vault://aws/resp}"}
 }"#;
-
-/// The filter's environment in these tests: static keys, no IMDS.
-fn env(name: &str) -> Option<String> {
-    match name {
-        "AWS_ACCESS_KEY_ID" => Some("AKID".into()),
-        "AWS_SECRET_ACCESS_KEY" => Some("SECRET".into()),
-        "AWS_EC2_METADATA_DISABLED" => Some("true".into()),
-        _ => None,
-    }
-}
 
 fn no_credentials(name: &str) -> Option<String> {
     (name == "AWS_EC2_METADATA_DISABLED").then(|| "true".into())
@@ -125,24 +116,16 @@ impl Proxy {
 }
 
 fn dispatches(actions: &[Action]) -> Vec<u64> {
-    actions
-        .iter()
-        .filter_map(|a| match a {
-            Action::Dispatch { call, .. } => Some(call.fetch),
-            _ => None,
-        })
+    dispatch_of(actions)
+        .into_iter()
+        .map(|(id, ..)| id)
         .collect()
 }
 
 fn dispatch_bodies(actions: &[Action]) -> Vec<String> {
-    actions
-        .iter()
-        .filter_map(|a| match a {
-            Action::Dispatch { request, .. } => {
-                Some(String::from_utf8(request.body.clone()).unwrap())
-            }
-            _ => None,
-        })
+    dispatch_of(actions)
+        .into_iter()
+        .map(|(.., request)| String::from_utf8(request.body).unwrap())
         .collect()
 }
 
@@ -196,7 +179,8 @@ fn warm(p: &mut Proxy) {
     }
 }
 
-fn both(test: impl Fn(HostKind)) {
+/// Run `test` under Envoy's semantics, then Kong's (also the VM tests').
+pub(super) fn both(test: impl Fn(HostKind)) {
     test(HostKind::Envoy);
     test(HostKind::Kong);
 }

@@ -212,14 +212,7 @@ impl Vm {
         out: &mut Vec<Action>,
     ) {
         if let Some(engine) = self.live(call) {
-            engine.on_callout(
-                call.fetch,
-                CalloutResult::Failed(reason),
-                now,
-                store,
-                active,
-                out,
-            );
+            engine.on_dispatch_error(call.fetch, reason, now, store, active, out);
         }
     }
 

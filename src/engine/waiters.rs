@@ -5,7 +5,7 @@
 
 use super::incoming::IncomingHeader;
 use super::secrets::Status;
-use super::{Action, Engine, Fetch, FetchKind, Level, Owner, Waking, CALLOUT_GRACE_MS};
+use super::{Action, Engine, FetchKind, Level, Owner, Waking, CALLOUT_GRACE_MS};
 use crate::cache::SharedStore;
 
 /// A paused request: when it paused, and headers of its own (from trusted
@@ -111,16 +111,7 @@ impl Engine {
                         self.describe(last)
                     ));
                 };
-                let id = self.next_fetch;
-                self.next_fetch += 1;
-                self.fetches.insert(
-                    id,
-                    Fetch {
-                        kind: FetchKind::WakeUp,
-                        owner,
-                        deadline: now + u64::from(sent.timeout_ms) + CALLOUT_GRACE_MS,
-                    },
-                );
+                let id = self.track(FetchKind::WakeUp, owner, now, sent.timeout_ms);
                 out.push(Action::Dispatch {
                     call: self.call(id),
                     upstream: sent.upstream,
