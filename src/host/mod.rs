@@ -131,6 +131,24 @@ pub fn execute<H: Host>(
     own
 }
 
+/// The header map a callout is sent with: the request's pseudo-headers,
+/// then its headers.
+pub fn callout_headers(request: &HttpRequest) -> Vec<(&str, &str)> {
+    let mut headers: Vec<(&str, &str)> = vec![
+        (":method", request.method.as_str()),
+        (":path", request.path.as_str()),
+        (":authority", request.authority.as_str()),
+        (":scheme", request.scheme.as_str()),
+    ];
+    headers.extend(
+        request
+            .headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str())),
+    );
+    headers
+}
+
 /// A callout's answer as the host reported it -> [`CalloutResult`]. Envoy
 /// synthesizes a status for failures (504 timeout, 503 connect failure);
 /// Kong reports no `:status`, only `:dispatch_status` (`timeout`, `broken
@@ -196,4 +214,34 @@ fn regular(headers: Vec<(String, String)>) -> Vec<(String, String)> {
         .filter(|(n, _)| !n.starts_with(':'))
         .map(|(n, v)| (n.to_ascii_lowercase(), v))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn callouts_carry_pseudo_headers_first() {
+        let request = HttpRequest {
+            method: "POST".into(),
+            scheme: "https".into(),
+            authority: "secretsmanager.us-east-1.amazonaws.com".into(),
+            path: "/".into(),
+            headers: vec![(
+                "x-amz-target".into(),
+                "secretsmanager.GetSecretValue".into(),
+            )],
+            body: Vec::new(),
+        };
+        assert_eq!(
+            callout_headers(&request),
+            vec![
+                (":method", "POST"),
+                (":path", "/"),
+                (":authority", "secretsmanager.us-east-1.amazonaws.com"),
+                (":scheme", "https"),
+                ("x-amz-target", "secretsmanager.GetSecretValue"),
+            ]
+        );
+    }
 }
