@@ -8,7 +8,7 @@ use crate::cache::SharedStore;
 
 impl Engine {
     /// The upstream answered `status` to a request that carried secrets
-    /// `used` (from a [`Rendered`] of this engine). Listed in
+    /// `used` (from a [`Rendered`](super::Rendered) of this engine). Listed in
     /// `refresh_on_status`: each is fetched again from the next tick, at most
     /// once per `refresh_min_interval` per proxy whatever clients send.
     pub fn on_upstream_status(

@@ -5,9 +5,8 @@
 
 use std::time::{Duration, SystemTime};
 
-use super::{
-    Action, CalloutResult, CredSlot, Engine, FetchKind, Level, Owner, Waking, CALLOUT_GRACE_MS,
-};
+use super::credentials::CredSlot;
+use super::{Action, CalloutResult, Engine, FetchKind, Level, Owner, Waking, CALLOUT_GRACE_MS};
 use crate::aws::credentials::assume_role::AssumeRoleSettings;
 use crate::aws::credentials::Slot;
 use crate::aws::secrets_manager::{self, ErrorKind, SecretValue};
@@ -123,6 +122,17 @@ impl Engine {
         }
     }
 
+    /// Why secret `i` has no value, for a request's 503.
+    pub(super) fn failure(&self, i: usize) -> String {
+        let reason = self
+            .secrets
+            .get(i)
+            .and_then(|s| s.entry.as_ref())
+            .and_then(|e| e.error.clone())
+            .unwrap_or_else(|| "fetch failed".into());
+        format!("{}: {reason}", self.describe(i))
+    }
+
     /// Is every configured secret, and every one in `extra`, usable now?
     /// Starts fetches for those that are not.
     pub(super) fn evaluate(
@@ -177,8 +187,7 @@ impl Engine {
         }
         if let Some(e) = &secret.entry {
             if now < e.retry_at {
-                let reason = e.error.clone().unwrap_or_else(|| "fetch failed".into());
-                return Status::Failed(format!("{}: {reason}", self.describe(i)));
+                return Status::Failed(self.failure(i));
             }
         }
         if self.waking == Waking::OwnCallbacks && owner != Owner::Root {
@@ -193,8 +202,7 @@ impl Engine {
             }
             if let Some(e) = self.secrets.get(i).and_then(|s| s.entry.as_ref()) {
                 if now < e.retry_at && e.usable(now).is_none() {
-                    let reason = e.error.clone().unwrap_or_else(|| "fetch failed".into());
-                    return Status::Failed(format!("{}: {reason}", self.describe(i)));
+                    return Status::Failed(self.failure(i));
                 }
             }
         }

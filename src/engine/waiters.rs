@@ -144,17 +144,6 @@ impl Engine {
             .max()
     }
 
-    /// Why secret `i` has no value, for a request's 503.
-    fn failure(&self, i: usize) -> String {
-        let reason = self
-            .secrets
-            .get(i)
-            .and_then(|s| s.entry.as_ref())
-            .and_then(|e| e.error.clone())
-            .unwrap_or_else(|| "fetch failed".into());
-        format!("{}: {reason}", self.describe(i))
-    }
-
     /// Resolve waiters after secret states changed.
     pub(super) fn flush(
         &mut self,
