@@ -9,16 +9,8 @@
 use aws_vault::aws::HttpResponse;
 use aws_vault::config::Config;
 use aws_vault::engine::{Action, CalloutResult, Engine, Owner};
+use aws_vault::host::fake::proxy::test_env;
 use aws_vault::host::fake::{FakeStore, HostKind};
-
-fn env(name: &str) -> Option<String> {
-    match name {
-        "AWS_ACCESS_KEY_ID" => Some("AKID".into()),
-        "AWS_SECRET_ACCESS_KEY" => Some("SECRET".into()),
-        "AWS_EC2_METADATA_DISABLED" => Some("true".into()),
-        _ => None,
-    }
-}
 
 /// GetSecretValue's answer for the request's SecretId.
 fn answer(request: &aws_vault::aws::HttpRequest) -> CalloutResult {
@@ -48,11 +40,11 @@ fn run(proxies: usize, secrets: usize, ttl_s: u64, seconds: usize, jitter: bool)
         "aws": {"region": "us-east-1", "ttl": ttl_s},
         "request_headers": headers,
     });
-    let config = Config::parse(&config.to_string(), &env).unwrap_or_else(|e| panic!("{e}"));
+    let config = Config::parse(&config.to_string(), &test_env).unwrap_or_else(|e| panic!("{e}"));
     let t0: u64 = 1_700_000_000_000;
     let mut per_second = vec![0u32; seconds];
     for p in 0..proxies {
-        let mut engine = Engine::new(&config, &env, 0x9e37_79b9 ^ (p as u64 * 7919))
+        let mut engine = Engine::new(&config, &test_env, 0x9e37_79b9 ^ (p as u64 * 7919))
             .unwrap_or_else(|e| panic!("{e}"));
         if !jitter {
             engine = engine.without_jitter();

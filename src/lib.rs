@@ -6,11 +6,17 @@
 //! - [`reference`], [`template`]: Kong's vault reference grammar, header templates
 //! - [`config`]: the JSON plugin configuration, validated with field-named errors
 //! - [`aws`]: SigV4 signing, GetSecretValue requests and responses
-//! - [`cache`]: shared-data entry format, leases, backoff
-//! - [`engine`]: the state machine (events in, actions out)
+//! - [`cache`]: shared data as the filter uses it: the store a host provides
+//!   ([`cache::SharedStore`]), entry format, leases, shared credentials, backoff
+//! - [`engine`]: the state machine (events in, actions out), one file per
+//!   concern (secrets, waiters, credentials, rendering, refresh, stats)
 //! - [`host`]: the host boundary; `host::proxy_wasm` is the only proxy-wasm user
 //! - [`text`]: outside text made safe for log lines
 //! - [`cli`]: the native `aws-vault` command's logic
+//!
+//! Layers point down: `host` drives `engine`, which uses `cache`, `config`,
+//! `aws` and `template`; `engine` and `cache` never import `host` (tests
+//! aside, which run on `host::fake`).
 #![cfg_attr(
     not(test),
     deny(

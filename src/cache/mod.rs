@@ -5,12 +5,27 @@
 //! of the secret they belong to (Kong compares shared-data keys by CRC32 only,
 //! so a colliding key must not hand out another secret). A [`Lease`] per secret
 //! lets exactly one VM fetch at a time across the whole proxy.
+//!
+//! - `mod.rs`: [`Entry`] (a secret's cached state), backoff, publishing and
+//!   loading entries, shared-data keys
+//! - `store.rs`: [`SharedStore`], the host's shared data as this crate sees it
+//! - `lease.rs`: [`Lease`], one fetcher per proxy
+//! - `credentials.rs`: [`SharedCredentials`], temporary AWS credentials
+//!   fetched by one VM and used by all
+//! - `codec.rs`: the byte layout of every record
 
 mod codec;
+mod credentials;
+mod lease;
+mod store;
+
+pub use credentials::{
+    SharedCredentials, CREDENTIALS_EXPIRY_MARGIN_MS, CREDENTIALS_REFRESH_AHEAD_MS,
+};
+pub use lease::Lease;
+pub use store::{SharedStore, StoreError};
 
 use codec::{Reader, Writer};
-
-use crate::host::{SharedStore, StoreError};
 
 /// Version of the shared-data layout ([`codec`]); bump when a record
 /// changes shape, together with [`KEY_PREFIX`], so that two versions of the
@@ -183,79 +198,6 @@ pub fn secs_to_ms(s: f64) -> u64 {
     }
 }
 
-/// Who may fetch a secret right now, across all VMs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Lease {
-    /// Random id of the holding VM; 0 = free.
-    pub holder: u64,
-    pub until: u64,
-}
-
-impl Lease {
-    /// Try to take the lease at `key` for `holder` until `until`. Correct on
-    /// both hosts: a missing key is first created free (Envoy's `cas None` is
-    /// an unconditional write, Kong's is only-if-absent; either way some free
-    /// record ends up there), then taken with the cas it was read with, so
-    /// exactly one concurrent taker wins.
-    pub fn acquire(
-        store: &mut dyn SharedStore,
-        key: &str,
-        holder: u64,
-        now: u64,
-        until: u64,
-    ) -> bool {
-        for _ in 0..2 {
-            let (bytes, cas) = store.get(key);
-            let current = bytes.and_then(|b| Lease::decode(&b));
-            let Some(cas) = cas else {
-                let free = Lease {
-                    holder: 0,
-                    until: 0,
-                };
-                let _ = store.set(key, &free.encode(), None);
-                continue;
-            };
-            if let Some(l) = &current {
-                if l.holder != 0 && l.holder != holder && l.until > now {
-                    return false;
-                }
-            }
-            let mine = Lease { holder, until };
-            return store.set(key, &mine.encode(), Some(cas)).is_ok();
-        }
-        false
-    }
-
-    /// Give the lease back if `holder` still has it.
-    pub fn release(store: &mut dyn SharedStore, key: &str, holder: u64) {
-        let (bytes, cas) = store.get(key);
-        let held = bytes
-            .and_then(|b| Lease::decode(&b))
-            .is_some_and(|l| l.holder == holder);
-        if held {
-            let free = Lease {
-                holder: 0,
-                until: 0,
-            };
-            let _ = store.set(key, &free.encode(), cas);
-        }
-    }
-
-    fn encode(&self) -> Vec<u8> {
-        Writer::new(b'L', FORMAT).u64(self.holder).u64(self.until).finish()
-    }
-
-    fn decode(bytes: &[u8]) -> Option<Lease> {
-        let mut r = Reader::new(bytes, b'L')?;
-        let lease = Lease {
-            holder: r.u64()?,
-            until: r.u64()?,
-        };
-        r.end()?;
-        Some(lease)
-    }
-}
-
 /// Write `entry` unless the store already holds a newer outcome for the same
 /// secret. Returns the entry that is current afterwards.
 pub fn publish(store: &mut dyn SharedStore, skey: &str, entry: &Entry) -> Entry {
@@ -290,96 +232,6 @@ pub fn shared_key(descriptor: &str) -> String {
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
     format!("{KEY_PREFIX}secret/{h:016x}")
-}
-
-/// Temporary AWS credentials shared by every VM, so that one VM per proxy
-/// talks to IMDS, the container endpoint or STS. Static credentials
-/// (environment variables) are never stored.
-#[derive(Clone, PartialEq, Eq)]
-pub struct SharedCredentials {
-    pub v: u8,
-    /// Descriptor of the credentials source (base chain or a role).
-    pub key: String,
-    pub access_key_id: String,
-    pub secret_access_key: String,
-    pub session_token: Option<String>,
-    pub fetched_at: u64,
-    /// 0 = invalidated (AWS refused them).
-    pub expires_at: u64,
-}
-
-impl std::fmt::Debug for SharedCredentials {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SharedCredentials")
-            .field("key", &self.key)
-            .field("access_key_id", &self.access_key_id)
-            .field("fetched_at", &self.fetched_at)
-            .field("expires_at", &self.expires_at)
-            .finish_non_exhaustive()
-    }
-}
-
-/// Credentials are not handed out closer than this to their expiry.
-pub const CREDENTIALS_EXPIRY_MARGIN_MS: u64 = 10_000;
-/// Refresh ahead of expiry: this long before, or halfway through the
-/// lifetime when that is shorter (the providers' own rule).
-pub const CREDENTIALS_REFRESH_AHEAD_MS: u64 = 5 * 60 * 1000;
-
-impl SharedCredentials {
-    /// No refresh due yet.
-    pub fn fresh(&self, now: u64) -> bool {
-        let life = self.expires_at.saturating_sub(self.fetched_at);
-        let ahead = CREDENTIALS_REFRESH_AHEAD_MS.min(life / 2);
-        now.saturating_add(ahead) < self.expires_at
-    }
-
-    /// Still usable (a refresh may be due).
-    pub fn valid(&self, now: u64) -> bool {
-        now.saturating_add(CREDENTIALS_EXPIRY_MARGIN_MS) < self.expires_at
-    }
-
-    pub fn decode(bytes: &[u8], key: &str) -> Option<SharedCredentials> {
-        let mut r = Reader::new(bytes, b'C')?;
-        let c = SharedCredentials {
-            v: FORMAT,
-            key: r.str()?,
-            access_key_id: r.str()?,
-            secret_access_key: r.str()?,
-            session_token: r.opt_str()?,
-            fetched_at: r.u64()?,
-            expires_at: r.u64()?,
-        };
-        r.end()?;
-        (c.key == key).then_some(c)
-    }
-
-    pub fn encode(&self) -> Vec<u8> {
-        Writer::new(b'C', self.v)
-            .str(&self.key)
-            .str(&self.access_key_id)
-            .str(&self.secret_access_key)
-            .opt_str(self.session_token.as_deref())
-            .u64(self.fetched_at)
-            .u64(self.expires_at)
-            .finish()
-    }
-
-    /// Store these unless the store holds credentials fetched later.
-    pub fn publish(&self, store: &mut dyn SharedStore, skey: &str) {
-        for _ in 0..3 {
-            let (bytes, cas) = store.get(skey);
-            let newer = bytes
-                .and_then(|b| SharedCredentials::decode(&b, &self.key))
-                .is_some_and(|c| c.fetched_at > self.fetched_at);
-            if newer {
-                return;
-            }
-            match store.set(skey, &self.encode(), cas) {
-                Err(StoreError::CasMismatch) => continue,
-                _ => return,
-            }
-        }
-    }
 }
 
 #[cfg(test)]
@@ -452,27 +304,6 @@ mod tests {
     }
 
     #[test]
-    fn lease_is_exclusive_on_both_hosts() {
-        for kind in [HostKind::Envoy, HostKind::Kong] {
-            let mut store = FakeStore::new(kind);
-            assert!(Lease::acquire(&mut store, "l", 1, 0, 100));
-            assert!(!Lease::acquire(&mut store, "l", 2, 50, 150), "{kind:?}");
-            assert!(Lease::acquire(&mut store, "l", 1, 50, 150), "holder renews");
-            assert!(
-                Lease::acquire(&mut store, "l", 2, 151, 300),
-                "expired lease taken over"
-            );
-            Lease::release(&mut store, "l", 1);
-            assert!(
-                !Lease::acquire(&mut store, "l", 3, 160, 300),
-                "release by non-holder ignored"
-            );
-            Lease::release(&mut store, "l", 2);
-            assert!(Lease::acquire(&mut store, "l", 3, 160, 300));
-        }
-    }
-
-    #[test]
     fn publish_keeps_newer() {
         for kind in [HostKind::Envoy, HostKind::Kong] {
             let mut store = FakeStore::new(kind);
@@ -490,50 +321,6 @@ mod tests {
                 load(&store, "k", "d").unwrap().value.as_deref(),
                 Some("new")
             );
-        }
-    }
-
-    #[test]
-    fn shared_credentials_freshness_and_publish() {
-        let c = SharedCredentials {
-            v: FORMAT,
-            key: "k".into(),
-            access_key_id: "A".into(),
-            secret_access_key: "S3CRET".into(),
-            session_token: Some("T0KEN".into()),
-            fetched_at: 0,
-            expires_at: 3_600_000,
-        };
-        assert!(c.fresh(3_300_000 - 1));
-        assert!(!c.fresh(3_300_000), "5 min ahead");
-        assert!(c.valid(3_300_000));
-        assert!(!c.valid(3_590_000));
-        let short = SharedCredentials {
-            expires_at: 60_000,
-            ..c.clone()
-        };
-        assert!(
-            short.fresh(29_999) && !short.fresh(30_000),
-            "half the lifetime"
-        );
-        let dbg = format!("{c:?}");
-        assert!(!dbg.contains("S3CRET") && !dbg.contains("T0KEN"), "{dbg}");
-        for kind in [HostKind::Envoy, HostKind::Kong] {
-            let mut store = FakeStore::new(kind);
-            let later = SharedCredentials {
-                fetched_at: 10,
-                access_key_id: "B".into(),
-                ..c.clone()
-            };
-            later.publish(&mut store, "s");
-            c.publish(&mut store, "s");
-            let (b, _) = store.get("s");
-            let got = SharedCredentials::decode(&b.unwrap(), "k").unwrap();
-            assert_eq!(
-                got.access_key_id, "B",
-                "older never replaces newer ({kind:?})"
-            );
-            assert!(SharedCredentials::decode(&c.encode(), "other").is_none());
         }
     }
 

@@ -18,10 +18,11 @@
 
 use std::rc::Rc;
 
-use super::{checked_header, header_safe, Engine, Rendered};
+use super::render::{checked_header, header_safe, BINARY_KEY};
+use super::{Engine, Rendered};
 use crate::aws::secrets_manager;
+use crate::cache::SharedStore;
 use crate::config::Resolved;
-use crate::host::SharedStore;
 use crate::template::Segment;
 
 /// Most secrets named only by requests, per root and worker.
@@ -321,7 +322,7 @@ impl Engine {
             return header_safe(value.to_string());
         };
         if s.entry.as_ref().is_some_and(|e| e.binary) {
-            return Err(super::BINARY_KEY.into());
+            return Err(BINARY_KEY.into());
         }
         if let Some((_, v)) = s.keys.iter().find(|(k, _)| k == key) {
             return v.clone();

@@ -8,6 +8,8 @@
 )]
 
 use super::*;
+use crate::cache::Entry;
+use crate::host::fake::proxy::test_env as env;
 use crate::host::fake::{FakeStore, HostKind};
 
 const CONFIG: &str = r#"{
@@ -15,16 +17,6 @@ const CONFIG: &str = r#"{
   "request_headers": {"authorization": "Bearer {vault://aws/prod/api/token}", "x-two": "{vault://aws/prod/api/user}:{vault://aws/prod/api/token}"},
   "response_headers": {"x-resp": "{vault://aws/resp}"}
 }"#;
-
-/// The filter's environment in these tests: static keys, no IMDS.
-fn env(name: &str) -> Option<String> {
-    match name {
-        "AWS_ACCESS_KEY_ID" => Some("AKID".into()),
-        "AWS_SECRET_ACCESS_KEY" => Some("SECRET".into()),
-        "AWS_EC2_METADATA_DISABLED" => Some("true".into()),
-        _ => None,
-    }
-}
 
 fn no_credentials(name: &str) -> Option<String> {
     (name == "AWS_EC2_METADATA_DISABLED").then(|| "true".into())
@@ -34,10 +26,15 @@ fn no_credentials(name: &str) -> Option<String> {
 /// ([`named`]) when answered through [`Proxy::answer`].
 fn ok(secret_string: &str) -> CalloutResult {
     let body = serde_json::json!({"ARN": "arn", "Name": "*", "SecretString": secret_string});
+    http_200(&body.to_string())
+}
+
+/// A 200 answer with `body`.
+fn http_200(body: &str) -> CalloutResult {
     CalloutResult::Response(HttpResponse {
         status: 200,
         headers: vec![],
-        body: body.to_string().into_bytes(),
+        body: body.as_bytes().to_vec(),
     })
 }
 
@@ -113,6 +110,24 @@ impl Proxy {
         out
     }
 
+    /// Answer the fetches in `actions` of CONFIG's two secrets: `api` for
+    /// aws/prod/api, `resp` for the other; returns the follow-up actions.
+    fn answer_config(
+        &mut self,
+        vm: usize,
+        actions: &[Action],
+        api: &str,
+        resp: &str,
+    ) -> Vec<Action> {
+        let mut out = Vec::new();
+        for (id, _, request) in dispatch_of(actions) {
+            let body = String::from_utf8(request.body).unwrap();
+            let value = if body.contains("prod/api") { api } else { resp };
+            out.extend(self.answer(vm, id, ok(value)));
+        }
+        out
+    }
+
     /// Answer every dispatch in `actions` with `result`, returning the follow-up actions.
     fn answer_all(&mut self, vm: usize, actions: &[Action], result: &CalloutResult) -> Vec<Action> {
         let mut out = Vec::new();
@@ -124,24 +139,16 @@ impl Proxy {
 }
 
 fn dispatches(actions: &[Action]) -> Vec<u64> {
-    actions
-        .iter()
-        .filter_map(|a| match a {
-            Action::Dispatch { call, .. } => Some(call.fetch),
-            _ => None,
-        })
+    dispatch_of(actions)
+        .into_iter()
+        .map(|(id, ..)| id)
         .collect()
 }
 
 fn dispatch_bodies(actions: &[Action]) -> Vec<String> {
-    actions
-        .iter()
-        .filter_map(|a| match a {
-            Action::Dispatch { request, .. } => {
-                Some(String::from_utf8(request.body.clone()).unwrap())
-            }
-            _ => None,
-        })
+    dispatch_of(actions)
+        .into_iter()
+        .map(|(.., request)| String::from_utf8(request.body).unwrap())
         .collect()
 }
 
@@ -185,17 +192,11 @@ fn warm(p: &mut Proxy) {
     let out = p.tick(0);
     let bodies = dispatch_bodies(&out);
     assert_eq!(bodies.len(), 2, "prefetch fetches both secrets once");
-    for (id, body) in dispatches(&out).into_iter().zip(bodies) {
-        let result = if body.contains("prod/api") {
-            ok(r#"{"token":"t0k","user":"alice"}"#)
-        } else {
-            ok("resp-value")
-        };
-        p.answer(0, id, result);
-    }
+    p.answer_config(0, &out, r#"{"token":"t0k","user":"alice"}"#, "resp-value");
 }
 
-fn both(test: impl Fn(HostKind)) {
+/// Run `test` under Envoy's semantics, then Kong's (also the VM tests').
+pub(super) fn both(test: impl Fn(HostKind)) {
     test(HostKind::Envoy);
     test(HostKind::Kong);
 }
@@ -215,17 +216,7 @@ fn cold_request_pauses_fetches_once_and_resumes_all() {
             dispatches(&out2).is_empty(),
             "second waiter shares the fetch"
         );
-        let ids = dispatches(&out1);
-        let bodies = dispatch_bodies(&out1);
-        let mut out = Vec::new();
-        for (id, body) in ids.into_iter().zip(bodies) {
-            let r = if body.contains("prod/api") {
-                ok(r#"{"token":"t0k","user":"alice"}"#)
-            } else {
-                ok("resp-value")
-            };
-            out.extend(p.answer(0, id, r));
-        }
+        let out = p.answer_config(0, &out1, r#"{"token":"t0k","user":"alice"}"#, "resp-value");
         let r = resumed(&out);
         assert_eq!(r.iter().map(|(c, _)| *c).collect::<Vec<_>>(), vec![1, 2]);
         let h = &r[0].1;
@@ -280,15 +271,7 @@ fn one_fetch_for_the_whole_proxy_other_vms_pick_it_up() {
         assert_eq!(d, Decision::Pause);
         assert!(dispatches(&out).is_empty(), "{kind:?}");
         // VM 0 gets the answers and publishes them.
-        let bodies = dispatch_bodies(&out0);
-        for (id, body) in dispatches(&out0).into_iter().zip(bodies) {
-            let r = if body.contains("prod/api") {
-                ok(r#"{"token":"t0k","user":"alice"}"#)
-            } else {
-                ok("resp-value")
-            };
-            p.answer(0, id, r);
-        }
+        p.answer_config(0, &out0, r#"{"token":"t0k","user":"alice"}"#, "resp-value");
         // VM 2's waiter is resumed by its next tick, from shared data.
         p.now += 200;
         let out = p.tick(2);
@@ -320,15 +303,7 @@ fn expiry_refreshes_in_background_and_serves_stale_meanwhile() {
             dispatches(&p.tick(0)).is_empty(),
             "lease: one refresh per proxy"
         );
-        let bodies = dispatch_bodies(&out);
-        for (id, body) in ids.into_iter().zip(bodies) {
-            let r = if body.contains("prod/api") {
-                ok(r#"{"token":"new","user":"bob"}"#)
-            } else {
-                ok("resp2")
-            };
-            p.answer(1, id, r);
-        }
+        p.answer_config(1, &out, r#"{"token":"new","user":"bob"}"#, "resp2");
         let Decision::Continue(h) = p.request(0, 2).0 else {
             panic!()
         };
@@ -399,16 +374,7 @@ fn bad_values_are_never_injected() {
     for (secret, why) in cases {
         let mut p = Proxy::new(HostKind::Envoy, 1, CONFIG);
         let (_, out) = p.request(0, 1);
-        let bodies = dispatch_bodies(&out);
-        let mut follow = Vec::new();
-        for (id, body) in dispatches(&out).into_iter().zip(bodies) {
-            let r = if body.contains("prod/api") {
-                ok(secret)
-            } else {
-                ok("fine")
-            };
-            follow.extend(p.answer(0, id, r));
-        }
+        let follow = p.answer_config(0, &out, secret, "fine");
         assert_eq!(rejected(&follow), vec![1], "{secret}");
         let l = logs(&follow);
         assert!(l.contains(why), "{secret}: {l}");
@@ -789,15 +755,7 @@ fn callout_failures_in_each_hosts_shape_fail_waiters_then_recover() {
                 p.now += 1_000;
                 let out = p.tick(0);
                 assert_eq!(dispatches(&out).len(), 2);
-                let bodies = dispatch_bodies(&out);
-                for (id, body) in dispatches(&out).into_iter().zip(bodies) {
-                    let r = if body.contains("prod/api") {
-                        ok(r#"{"token":"t","user":"u"}"#)
-                    } else {
-                        ok("r")
-                    };
-                    p.answer(0, id, r);
-                }
+                p.answer_config(0, &out, r#"{"token":"t","user":"u"}"#, "r");
                 assert!(
                     matches!(p.request(0, 2).0, Decision::Continue(_)),
                     "{kind:?} {failure:?}"
@@ -869,11 +827,7 @@ fn sts_ok(akid: &str, token: &str, expires: &str) -> CalloutResult {
          <SecretAccessKey>TEMPSECRET</SecretAccessKey><SessionToken>{token}</SessionToken>\
          <Expiration>{expires}</Expiration></Credentials></AssumeRoleResult></AssumeRoleResponse>"
     );
-    CalloutResult::Response(HttpResponse {
-        status: 200,
-        headers: vec![],
-        body: body.into_bytes(),
-    })
+    http_200(&body)
 }
 
 fn dispatch_of(actions: &[Action]) -> Vec<(u64, String, crate::aws::HttpRequest)> {
@@ -975,13 +929,7 @@ fn imds_credentials_through_the_engine() {
     assert_eq!(d.len(), 1);
     assert_eq!(d[0].1, "169.254.169.254");
     assert_eq!(d[0].2.method, "PUT", "IMDSv2 token first");
-    let answer = |body: &str| {
-        CalloutResult::Response(HttpResponse {
-            status: 200,
-            headers: vec![],
-            body: body.as_bytes().to_vec(),
-        })
-    };
+    let answer = http_200;
     let mut out2 = Vec::new();
     e.on_callout(
         d[0].0,
@@ -1041,13 +989,7 @@ fn temporary_credentials_are_fetched_by_one_vm_and_shared() {
         let mut vms: Vec<Engine> = (0..2)
             .map(|i| Engine::new(&config, &imds_only, 11 + i).unwrap())
             .collect();
-        let answer = |body: &str| {
-            CalloutResult::Response(HttpResponse {
-                status: 200,
-                headers: vec![],
-                body: body.as_bytes().to_vec(),
-            })
-        };
+        let answer = http_200;
         let mut out = Vec::new();
         vms[0].on_tick(1_000, &mut store, &mut out);
         let mut d = dispatch_of(&out);
@@ -1118,15 +1060,7 @@ fn waiters_pick_up_another_vms_fetch_on_the_next_short_tick() {
     );
     let (d, _) = p.request(1, 9);
     assert_eq!(d, Decision::Pause);
-    let bodies = dispatch_bodies(&out0);
-    for (id, body) in dispatches(&out0).into_iter().zip(bodies) {
-        let r = if body.contains("prod/api") {
-            ok(r#"{"token":"t","user":"u"}"#)
-        } else {
-            ok("r")
-        };
-        p.answer(0, id, r);
-    }
+    p.answer_config(0, &out0, r#"{"token":"t","user":"u"}"#, "r");
     p.now += 25; // a short tick, long before VM 1's next maintenance
     let out = p.tick(1);
     assert_eq!(resumed(&out).len(), 1, "{}", logs(&out));
@@ -1427,11 +1361,9 @@ fn secret_binary_is_served_as_its_base64_text_and_never_by_key() {
       "request_headers": {"x-bin": "{vault://aws/bin}"}
     }"#;
     let binary = |b64: &str| {
-        CalloutResult::Response(HttpResponse {
-            status: 200,
-            headers: vec![],
-            body: format!(r#"{{"ARN":"arn","Name":"*","SecretBinary":"{b64}"}}"#).into_bytes(),
-        })
+        http_200(&format!(
+            r#"{{"ARN":"arn","Name":"*","SecretBinary":"{b64}"}}"#
+        ))
     };
     let mut p = Proxy::new(HostKind::Envoy, 1, config);
     let out = p.tick(0);

@@ -21,8 +21,8 @@ use super::{
     Action, CallRef, CalloutResult, Decision, Engine, Level, Owner, Stats, Waking,
     CALLOUT_GRACE_MS, MAINTENANCE_MS,
 };
+use crate::cache::SharedStore;
 use crate::config::Config;
-use crate::host::SharedStore;
 
 /// Most root contexts (filter configurations) one VM serves.
 pub const MAX_ROOTS: usize = 1024;
@@ -212,14 +212,7 @@ impl Vm {
         out: &mut Vec<Action>,
     ) {
         if let Some(engine) = self.live(call) {
-            engine.on_callout(
-                call.fetch,
-                CalloutResult::Failed(reason),
-                now,
-                store,
-                active,
-                out,
-            );
+            engine.on_dispatch_error(call.fetch, reason, now, store, active, out);
         }
     }
 

@@ -1,5 +1,6 @@
 //! The host boundary. The engine sees the host only through [`SharedStore`]
-//! (a synchronous key-value map) and the [`crate::engine::Action`]s it returns;
+//! (a synchronous key-value map, defined in [`crate::cache`] and re-exported
+//! here) and the [`crate::engine::Action`]s it returns;
 //! [`execute`] carries those out through [`Host`], the few host calls they
 //! need. `proxy_wasm` is the real host shell; `fake` models Envoy's and
 //! Kong's differing semantics for native tests, running the same [`execute`].
@@ -17,23 +18,9 @@ pub mod fake;
 pub mod proxy_wasm;
 pub mod wire;
 
-/// Why a shared-data write was refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StoreError {
-    /// The entry changed since it was read (or, on Kong, exists when cas was None).
-    CasMismatch,
-    /// Any other host refusal.
-    Failed,
-}
-
-/// Host shared data (proxy-wasm `get_shared_data`/`set_shared_data`), shared by
-/// every VM of the plugin. `cas` semantics differ per host: Envoy treats `None`
-/// as an unconditional write, Kong as "only if absent". Code using this trait
-/// must be correct under both.
-pub trait SharedStore {
-    fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>);
-    fn set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), StoreError>;
-}
+/// Shared data, defined in [`crate::cache`] (below the engine and the host)
+/// and re-exported here, where hosts implement it.
+pub use crate::cache::{SharedStore, StoreError};
 
 /// The host calls behind [`Action`]s. Each acts on the context whose
 /// callback is running, or (Envoy) on the one made effective with
@@ -144,6 +131,24 @@ pub fn execute<H: Host>(
     own
 }
 
+/// The header map a callout is sent with: the request's pseudo-headers,
+/// then its headers.
+pub fn callout_headers(request: &HttpRequest) -> Vec<(&str, &str)> {
+    let mut headers: Vec<(&str, &str)> = vec![
+        (":method", request.method.as_str()),
+        (":path", request.path.as_str()),
+        (":authority", request.authority.as_str()),
+        (":scheme", request.scheme.as_str()),
+    ];
+    headers.extend(
+        request
+            .headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str())),
+    );
+    headers
+}
+
 /// A callout's answer as the host reported it -> [`CalloutResult`]. Envoy
 /// synthesizes a status for failures (504 timeout, 503 connect failure);
 /// Kong reports no `:status`, only `:dispatch_status` (`timeout`, `broken
@@ -209,4 +214,34 @@ fn regular(headers: Vec<(String, String)>) -> Vec<(String, String)> {
         .filter(|(n, _)| !n.starts_with(':'))
         .map(|(n, v)| (n.to_ascii_lowercase(), v))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn callouts_carry_pseudo_headers_first() {
+        let request = HttpRequest {
+            method: "POST".into(),
+            scheme: "https".into(),
+            authority: "secretsmanager.us-east-1.amazonaws.com".into(),
+            path: "/".into(),
+            headers: vec![(
+                "x-amz-target".into(),
+                "secretsmanager.GetSecretValue".into(),
+            )],
+            body: Vec::new(),
+        };
+        assert_eq!(
+            callout_headers(&request),
+            vec![
+                (":method", "POST"),
+                (":path", "/"),
+                (":authority", "secretsmanager.us-east-1.amazonaws.com"),
+                (":scheme", "https"),
+                ("x-amz-target", "secretsmanager.GetSecretValue"),
+            ]
+        );
+    }
 }

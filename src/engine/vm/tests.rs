@@ -8,6 +8,7 @@
 )]
 
 use super::*;
+use crate::engine::tests::both;
 use crate::host::fake::proxy::{FakeProxy, State};
 use crate::host::fake::{CalloutFailure, HostKind};
 
@@ -34,11 +35,6 @@ fn proxy(kind: HostKind, workers: usize) -> FakeProxy {
         p.aws.secrets.insert(k.into(), v.into());
     }
     p
-}
-
-fn both(test: impl Fn(HostKind)) {
-    test(HostKind::Envoy);
-    test(HostKind::Kong);
 }
 
 /// Every request answered, none left paused, nothing misdirected.
