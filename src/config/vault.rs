@@ -5,6 +5,7 @@
 use serde_json::Value;
 
 use super::MAX_TTL;
+use crate::aws::credentials::valid_session_name;
 use crate::aws::secrets_manager::{self, Endpoint};
 use crate::json::{json_type, object, region, string, timeout_ms};
 
@@ -343,10 +344,7 @@ fn non_empty(s: &str) -> Result<String, String> {
 
 /// STS RoleSessionName: 2-64 chars of `[\w+=,.@-]`.
 fn session_name(s: &str) -> Result<String, String> {
-    let ok = (2..=64).contains(&s.len())
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_+=,.@-".contains(&b));
-    if ok {
+    if valid_session_name(s) {
         Ok(s.to_string())
     } else {
         Err("must be 2-64 characters of letters, digits and _+=,.@-".into())

@@ -153,16 +153,17 @@ use super::{HttpRequest, HttpResponse};
 
 pub use config::{CredentialsConfig, Source};
 pub use json_credentials::parse_json_credentials;
-pub(crate) use refresh::RefreshState;
 pub use refresh::{
     backoff_ms, Fetch, Outgoing, Refreshing, Step, BACKOFF_MAX_MS, BACKOFF_MIN_MS,
     CALLOUT_GRACE_MS, EXPIRY_MARGIN_MS, REFRESH_AHEAD_MS,
 };
+pub(crate) use refresh::{RefreshState, Setup};
 pub use set::{CredentialSet, Slot};
 pub use timestamp::parse_timestamp;
-pub(crate) use token::{token_from, token_request};
+pub(crate) use token::{token_from, token_request, TokenSettings, TokenSource};
 pub(crate) use url::{get_request, valid_path};
 pub use url::{parse_url, Url};
+pub use validate::valid_session_name;
 pub(crate) use validate::{check_credentials, valid_header_value, valid_token};
 
 /// Longest body accepted from any credentials endpoint.

@@ -4,6 +4,7 @@
 //! [`AssumeRole`](super::assume_role::AssumeRole)).
 
 use std::fmt;
+use std::ops::ControlFlow;
 
 use super::{Poll, Provider, TimedCredentials, Update};
 use crate::aws::sigv4::Credentials;
@@ -42,6 +43,44 @@ pub trait Fetch {
     fn name(&self) -> &'static str;
     fn begin(&mut self, now: u64) -> Step;
     fn answer(&mut self, result: Result<HttpResponse, String>, now: u64) -> Step;
+}
+
+/// What a [`Fetch`] made of its configuration and environment, once, at
+/// construction: the target it fetches from, or why it has none.
+pub(crate) enum Setup<T> {
+    NotConfigured(String),
+    Invalid(String),
+    Ready(Box<T>),
+}
+
+impl<T> Setup<T> {
+    /// Go on with the target, or break with the step that answers `begin`
+    /// without one.
+    pub(crate) fn target(&self) -> ControlFlow<Step, &T> {
+        match self {
+            Setup::NotConfigured(r) => ControlFlow::Break(Step::NotConfigured(r.clone())),
+            Setup::Invalid(r) => ControlFlow::Break(Step::Fail(r.clone())),
+            Setup::Ready(t) => ControlFlow::Continue(t),
+        }
+    }
+
+    /// `Debug` fields: why there is no target, or what `ready` shows of it
+    /// (never a secret).
+    pub(crate) fn debug_fields(
+        &self,
+        d: &mut fmt::DebugStruct<'_, '_>,
+        ready: impl FnOnce(&mut fmt::DebugStruct<'_, '_>, &T),
+    ) {
+        match self {
+            Setup::NotConfigured(r) => {
+                d.field("not_configured", r);
+            }
+            Setup::Invalid(r) => {
+                d.field("invalid", r);
+            }
+            Setup::Ready(t) => ready(d, t),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

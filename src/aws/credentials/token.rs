@@ -1,10 +1,72 @@
-//! Tokens fetched from a URL before every refresh (a projected token file
-//! served over HTTP, see the module docs of [`credentials`](super)): the
-//! callout, and the token in its answer.
+//! Tokens a source sends along (the web identity token, the container
+//! authorization token): where they come from ([`TokenSettings`] ->
+//! [`TokenSource`]), and, for a token URL (a projected token file served over
+//! HTTP, see the module docs of [`credentials`](super)), the callout fetching
+//! it and the token in its answer.
 
 use super::url::get_request;
-use super::{scrub, valid_token, Outgoing, Url, MAX_BODY_LEN};
+use super::{scrub, valid_token, var, Env, Outgoing, Url, MAX_BODY_LEN};
 use crate::aws::HttpResponse;
+
+/// Where a source's token comes from.
+pub(crate) enum TokenSource {
+    /// The token itself, read once from an environment variable.
+    Static(String),
+    /// Fetched from a URL before every refresh.
+    Url { url: Url, upstream: String },
+}
+
+impl TokenSource {
+    /// What `Debug` shows: never the token.
+    pub(crate) fn describe(&self) -> String {
+        match self {
+            TokenSource::Static(_) => "static (redacted)".to_string(),
+            TokenSource::Url { url, .. } => format!("from {}", url.endpoint.authority),
+        }
+    }
+}
+
+/// A source's token settings, in order of precedence: a token URL, the
+/// token in a variable, a token file (which a filter cannot read).
+pub(crate) struct TokenSettings<'a> {
+    /// `credentials.*_token_url` and its upstream (default: its `host[:port]`).
+    pub url: Option<&'a Url>,
+    pub upstream: Option<&'a str>,
+    /// The variable holding the token itself, the check its trimmed value
+    /// must pass, and the error when it does not.
+    pub var: &'static str,
+    pub valid: fn(&str) -> bool,
+    pub invalid: &'static str,
+    /// The `_FILE` variable, and the error when it is the only one set.
+    pub file_var: &'static str,
+    pub file_error: &'static str,
+}
+
+impl TokenSettings<'_> {
+    /// The token source; `Ok(None)` when nothing is set, `Err` when what is
+    /// set cannot be used.
+    pub(crate) fn source(&self, env: Env) -> Result<Option<TokenSource>, String> {
+        if let Some(url) = self.url {
+            return Ok(Some(TokenSource::Url {
+                url: url.clone(),
+                upstream: self
+                    .upstream
+                    .map_or_else(|| url.endpoint.authority.clone(), str::to_string),
+            }));
+        }
+        if let Some(token) = var(env, self.var) {
+            let token = token.trim().to_string();
+            if !(self.valid)(&token) {
+                return Err(self.invalid.to_string());
+            }
+            return Ok(Some(TokenSource::Static(token)));
+        }
+        if var(env, self.file_var).is_some() {
+            return Err(self.file_error.to_string());
+        }
+        Ok(None)
+    }
+}
 
 /// The callout fetching a token from a URL (a projected token file served
 /// over HTTP, see the module docs).

@@ -1,5 +1,5 @@
 //! What outside text must look like before it goes into a request or a
-//! signature: tokens, header values, credentials.
+//! signature: tokens, header values, STS session names, credentials.
 
 /// Usable as a header value and in a form body: printable ASCII, no spaces.
 pub(crate) fn valid_token(token: &str) -> bool {
@@ -9,6 +9,14 @@ pub(crate) fn valid_token(token: &str) -> bool {
 /// A header value: printable ASCII or spaces, not empty.
 pub(crate) fn valid_header_value(v: &str) -> bool {
     !v.is_empty() && v.bytes().all(|b| (0x20..=0x7e).contains(&b))
+}
+
+/// STS RoleSessionName: 2-64 characters of `[\w+=,.@-]` (web identity's
+/// `AWS_ROLE_SESSION_NAME`, AssumeRole's, a vault's `role_session_name`).
+pub fn valid_session_name(s: &str) -> bool {
+    (2..=64).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_+=,.@-".contains(&b))
 }
 
 /// Printable ASCII key id, secret and token (what SigV4 can use). Fixed texts.
