@@ -4,7 +4,8 @@
 //! settings in it ([`crate::aws::credentials::CredentialsConfig`]) walk
 //! `serde_json::Value` by hand so that every error names its field. The
 //! pieces they share live here, owned by neither: type names for messages,
-//! objects and strings with those messages, Kong's `{}` for an empty list,
+//! objects, strings and lists with those messages (Kong's `{}` counting as an
+//! empty list),
 //! and the value rules both apply (region, timeout, echoed text).
 
 use serde_json::{Map, Value};
@@ -40,8 +41,34 @@ pub(crate) fn string(v: &Value) -> Result<&str, String> {
     }
 }
 
+/// Field `name` of the object at `path`, a string; the error starts with
+/// `path.name: `.
+pub(crate) fn string_field(v: &Value, path: &str, name: &str) -> Result<String, String> {
+    match v {
+        Value::String(s) => Ok(s.clone()),
+        other => Err(format!(
+            "{path}.{name}: expected a string, got {}",
+            json_type(other)
+        )),
+    }
+}
+
+/// A list field: absent, `null` or `{}` is the empty list; anything else must
+/// be an array (`array` names it in the error: `an array of header names`).
+pub(crate) fn list<'a>(
+    value: Option<&'a Value>,
+    path: &str,
+    array: &str,
+) -> Result<&'a [Value], String> {
+    match value.and_then(empty_list_or) {
+        None => Ok(&[]),
+        Some(Value::Array(items)) => Ok(items),
+        Some(v) => Err(format!("{path}: expected {array}, got {}", json_type(v))),
+    }
+}
+
 /// Kong encodes an empty Lua table (an empty list) as `{}`: accept it as `[]`.
-pub(crate) fn empty_list_or(value: &Value) -> Option<&Value> {
+fn empty_list_or(value: &Value) -> Option<&Value> {
     match value {
         Value::Null => None,
         Value::Object(map) if map.is_empty() => None,

@@ -4,7 +4,7 @@
 use serde_json::Value;
 
 use super::RefCheck;
-use crate::json::{empty_list_or, json_type, object};
+use crate::json::{list, object, string};
 use crate::template::{self, Template, TemplateError};
 
 /// A header to set, from a template.
@@ -35,9 +35,7 @@ pub(super) fn headers(
                 "{field}: header given twice (names are case-insensitive)"
             ));
         }
-        let Value::String(text) = v else {
-            return Err(format!("{field}: expected a string, got {}", json_type(v)));
-        };
+        let text = string(v).map_err(|e| format!("{field}: {e}"))?;
         if text.chars().any(char::is_control) {
             return Err(format!(
                 "{field}: control characters are not allowed in a header value"
@@ -69,23 +67,10 @@ pub(super) fn incoming_headers(
     configured: &[HeaderTemplate],
 ) -> Result<Vec<String>, String> {
     const PATH: &str = "resolve_incoming_headers";
-    let Some(value) = value.and_then(empty_list_or) else {
-        return Ok(Vec::new());
-    };
-    let Value::Array(items) = value else {
-        return Err(format!(
-            "{PATH}: expected an array of header names, got {}",
-            json_type(value)
-        ));
-    };
+    let items = list(value, PATH, "an array of header names")?;
     let mut out: Vec<String> = Vec::new();
     for (i, item) in items.iter().enumerate() {
-        let Value::String(name) = item else {
-            return Err(format!(
-                "{PATH}[{i}]: expected a string, got {}",
-                json_type(item)
-            ));
-        };
+        let name = string(item).map_err(|e| format!("{PATH}[{i}]: {e}"))?;
         check_header_name(name).map_err(|e| format!("{PATH}[{i}]: {e}"))?;
         let lower = name.to_ascii_lowercase();
         if out.contains(&lower) {

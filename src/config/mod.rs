@@ -19,7 +19,7 @@ mod vault;
 use serde_json::Value;
 
 use crate::aws::credentials::CredentialsConfig;
-use crate::json::{empty_list_or, json_type, object};
+use crate::json::{json_type, list, object};
 use headers::{headers, incoming_headers};
 use vault::{env_prefix, vault_entity};
 
@@ -126,26 +126,21 @@ impl Config {
             }
         }
         let mut vaults = Vec::new();
-        if let Some(list) = top.get("vaults").and_then(empty_list_or) {
-            let Value::Array(items) = list else {
+        for (i, item) in list(top.get("vaults"), "vaults", "an array")?
+            .iter()
+            .enumerate()
+        {
+            let entity = vault_entity(item, &format!("vaults[{i}]"))?;
+            if vaults
+                .iter()
+                .any(|v: &VaultEntity| v.prefix == entity.prefix)
+            {
                 return Err(format!(
-                    "vaults: expected an array, got {}",
-                    json_type(list)
+                    "vaults[{i}].prefix: duplicate prefix '{}'",
+                    entity.prefix
                 ));
-            };
-            for (i, item) in items.iter().enumerate() {
-                let entity = vault_entity(item, &format!("vaults[{i}]"))?;
-                if vaults
-                    .iter()
-                    .any(|v: &VaultEntity| v.prefix == entity.prefix)
-                {
-                    return Err(format!(
-                        "vaults[{i}].prefix: duplicate prefix '{}'",
-                        entity.prefix
-                    ));
-                }
-                vaults.push(entity);
             }
+            vaults.push(entity);
         }
         let mut checks = Vec::new();
         let request_headers = headers(top.get("request_headers"), "request_headers", &mut checks)?;
@@ -223,15 +218,7 @@ impl Config {
 /// `refresh_on_status`: whole numbers from 100 to 599, each once.
 fn statuses(value: Option<&Value>) -> Result<Vec<u16>, String> {
     const PATH: &str = "refresh_on_status";
-    let Some(value) = value.and_then(empty_list_or) else {
-        return Ok(Vec::new());
-    };
-    let Value::Array(items) = value else {
-        return Err(format!(
-            "{PATH}: expected an array of HTTP status codes, got {}",
-            json_type(value)
-        ));
-    };
+    let items = list(value, PATH, "an array of HTTP status codes")?;
     let mut out: Vec<u16> = Vec::new();
     for (i, item) in items.iter().enumerate() {
         let status = item

@@ -7,7 +7,7 @@ use serde_json::Value;
 use super::MAX_TTL;
 use crate::aws::credentials::valid_session_name;
 use crate::aws::secrets_manager::{self, Endpoint};
-use crate::json::{json_type, object, region, string, timeout_ms};
+use crate::json::{json_type, object, region, string, string_field, timeout_ms};
 
 /// Vault types this filter implements; no entity prefix may equal one of them.
 const VAULT_TYPES: &[&str] = &["aws", "env"];
@@ -176,14 +176,9 @@ impl EnvSettings {
             }
             match name.as_str() {
                 "prefix" => {
-                    let Value::String(p) = v else {
-                        return Err(format!(
-                            "{path}.prefix: expected a string, got {}",
-                            json_type(v)
-                        ));
-                    };
+                    let p = string_field(v, path, "prefix")?;
                     settings.prefix =
-                        Some(env_prefix(p).map_err(|e| format!("{path}.prefix: {e}"))?);
+                        Some(env_prefix(&p).map_err(|e| format!("{path}.prefix: {e}"))?);
                 }
                 _ => return Err(format!("{path}.{name}: unknown field (expected: prefix)")),
             }
@@ -245,13 +240,7 @@ pub(super) fn vault_entity(value: &Value, path: &str) -> Result<VaultEntity, Str
         }
     }
     let name = match map.get("name") {
-        Some(Value::String(s)) => s.clone(),
-        Some(v) => {
-            return Err(format!(
-                "{path}.name: expected a string, got {}",
-                json_type(v)
-            ))
-        }
+        Some(v) => string_field(v, path, "name")?,
         None => {
             return Err(format!(
                 "{path}.name: required (the vault type, \"aws\" or \"env\")"
@@ -264,25 +253,13 @@ pub(super) fn vault_entity(value: &Value, path: &str) -> Result<VaultEntity, Str
         ));
     }
     let prefix = match map.get("prefix") {
-        Some(Value::String(s)) => s.clone(),
-        Some(v) => {
-            return Err(format!(
-                "{path}.prefix: expected a string, got {}",
-                json_type(v)
-            ))
-        }
+        Some(v) => string_field(v, path, "prefix")?,
         None => return Err(format!("{path}.prefix: required")),
     };
     check_prefix(&prefix).map_err(|e| format!("{path}.prefix: {e}"))?;
     let description = match map.get("description") {
         None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(s.clone()),
-        Some(v) => {
-            return Err(format!(
-                "{path}.description: expected a string, got {}",
-                json_type(v)
-            ))
-        }
+        Some(v) => Some(string_field(v, path, "description")?),
     };
     let config = map.get("config").filter(|v| !v.is_null());
     let config_path = format!("{path}.config");
