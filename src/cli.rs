@@ -1,6 +1,7 @@
 //! The native `aws-vault` command: validate a configuration or one reference
 //! exactly as the filter does, and say what each reference resolves to.
 
+use litemap::LiteMap;
 use serde_json::{json, Map, Value};
 
 use crate::aws::secrets_manager;
@@ -50,13 +51,7 @@ pub fn check(text: &str, env: &dyn Fn(&str) -> Option<String>) -> (Vec<String>, 
                 let mut obj = reference_json(&r.text, &r.reference);
                 obj.insert("field".into(), json!(c.field));
                 obj.insert("variable".into(), json!(r.variable));
-                obj.insert(
-                    "overrides".into(),
-                    json!(r
-                        .overrides
-                        .iter()
-                        .collect::<std::collections::BTreeMap<_, _>>()),
-                );
+                obj.insert("overrides".into(), overrides_json(&r.overrides));
                 Value::Object(obj).to_string()
             }
             Err(e) => {
@@ -120,13 +115,7 @@ fn resolved_json(r: &ResolvedRef) -> Map<String, Value> {
     let mut obj = reference_json(&r.text, &r.reference);
     let t = &r.target;
     obj.insert("version_stage".into(), json!(t.stage.as_str()));
-    obj.insert(
-        "overrides".into(),
-        json!(r
-            .overrides
-            .iter()
-            .collect::<std::collections::BTreeMap<_, _>>()),
-    );
+    obj.insert("overrides".into(), overrides_json(&r.overrides));
     obj.insert("region".into(), json!(t.region));
     obj.insert(
         "endpoint".into(),
@@ -135,6 +124,13 @@ fn resolved_json(r: &ResolvedRef) -> Map<String, Value> {
     obj.insert("upstream".into(), json!(t.upstream));
     obj.insert("ttl".into(), json!(t.ttl));
     obj
+}
+
+/// The query overrides a resolution applied, by name.
+fn overrides_json(overrides: &LiteMap<String, String>) -> Value {
+    json!(overrides
+        .iter()
+        .collect::<std::collections::BTreeMap<_, _>>())
 }
 
 fn error_line(reference: Option<&str>, error: &str) -> String {

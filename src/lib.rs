@@ -5,6 +5,7 @@
 //! natively. Module map:
 //! - [`reference`], [`template`]: Kong's vault reference grammar, header templates
 //! - [`config`]: the JSON plugin configuration, validated with field-named errors
+//! - [`json`]: JSON field helpers shared by the configuration parsers
 //! - [`aws`]: SigV4 signing, GetSecretValue requests and responses
 //! - [`cache`]: shared data as the filter uses it: the store a host provides
 //!   ([`cache::SharedStore`]), entry format, leases, shared credentials, backoff
@@ -33,6 +34,7 @@ pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod host;
+pub mod json;
 pub mod reference;
 pub mod template;
 pub mod text;

@@ -16,7 +16,8 @@ use std::fmt;
 
 use percent_encoding::percent_decode;
 
-const PREFIX: &str = "{vault://";
+/// What every reference starts with.
+pub const PREFIX: &str = "{vault://";
 
 /// `ngx.decode_args` stops after this many `&`-separated pieces (OpenResty's default `max_args`).
 const MAX_QUERY_ARGS: usize = 100;

@@ -13,7 +13,8 @@ use std::fmt;
 
 use crate::reference::{self, ParseError, Reference};
 
-const START: &str = "{vault://";
+/// A reference in a template starts where a reference does.
+const START: &str = reference::PREFIX;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Segment {

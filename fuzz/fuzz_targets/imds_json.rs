@@ -9,21 +9,9 @@
 #![no_main]
 
 use aws_vault::aws::credentials::{parse_json_credentials, parse_timestamp};
+use aws_vault_fuzz::rotate;
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
-
-/// Letters and digits moved one step within their class; everything else kept.
-fn rotate(s: &str) -> String {
-    s.chars()
-        .map(|c| match c {
-            'z' => 'a',
-            'Z' => 'A',
-            '9' => '0',
-            'a'..='y' | 'A'..='Y' | '0'..='8' => char::from(c as u8 + 1),
-            c => c,
-        })
-        .collect()
-}
 
 /// Both results rendered (Ok as its Debug, Err as the message).
 fn render(body: &[u8], require_code: bool) -> String {

@@ -13,7 +13,7 @@
 #![no_main]
 
 use aws_vault::aws::secrets_manager::{parse_get_secret_value, ErrorKind};
-use aws_vault::aws::HttpResponse;
+use aws_vault_fuzz::http_response;
 use libfuzzer_sys::fuzz_target;
 
 /// The only messages an error built from a 2xx body (which holds the secret) may
@@ -28,44 +28,8 @@ const FIXED_2XX_MESSAGES: &[&str] = &[
     "SecretBinary is not a string",
 ];
 
-fn split(data: &[u8]) -> HttpResponse {
-    let line_end = data.iter().position(|&b| b == b'\n');
-    let status = line_end
-        .and_then(|i| std::str::from_utf8(&data[..i]).ok())
-        .and_then(|l| l.trim().parse::<u16>().ok());
-    let Some(status) = status else {
-        let status = match data {
-            [a, b, ..] => u16::from_le_bytes([*a, *b]),
-            _ => 200,
-        };
-        return HttpResponse {
-            status,
-            headers: Vec::new(),
-            body: data.get(2..).unwrap_or_default().to_vec(),
-        };
-    };
-    let mut rest = &data[line_end.unwrap_or(0) + 1..];
-    let mut headers = Vec::new();
-    loop {
-        let end = rest.iter().position(|&b| b == b'\n').unwrap_or(rest.len());
-        let line = &rest[..end];
-        rest = rest.get(end + 1..).unwrap_or_default();
-        if line.is_empty() || line == b"\r" {
-            break;
-        }
-        let line = String::from_utf8_lossy(line);
-        let (name, value) = line.split_once(':').unwrap_or((&line, ""));
-        headers.push((name.trim().to_ascii_lowercase(), value.trim().to_owned()));
-    }
-    HttpResponse {
-        status,
-        headers,
-        body: rest.to_vec(),
-    }
-}
-
 fuzz_target!(|data: &[u8]| {
-    let resp = split(data);
+    let resp = http_response(data);
     let ok_status = (200..300).contains(&resp.status);
     match parse_get_secret_value(&resp) {
         Ok(v) => {

@@ -22,8 +22,9 @@
 use std::fmt;
 use std::time::{Duration, SystemTime};
 
-use super::web_identity::valid_session_name;
-use super::{scrub, valid_token, Env, Outgoing, Poll, Provider, RefreshState, Update};
+use super::{
+    scrub, valid_session_name, valid_token, Env, Outgoing, Poll, Provider, RefreshState, Update,
+};
 use crate::aws::secrets_manager::Endpoint;
 use crate::aws::sigv4::{self, Credentials};
 use crate::aws::sts::{self, EndpointMode, StsEndpoint};

@@ -25,7 +25,7 @@ use serde_json::Value;
 
 use super::{parse_url, Url};
 use crate::aws::secrets_manager::{self, Endpoint};
-use crate::config::{json_type, printable, region, timeout_ms};
+use crate::json::{json_type, object, printable, region, string, timeout_ms};
 
 pub const DEFAULT_TIMEOUT_MS: u32 = 5_000;
 pub const DEFAULT_IMDS_TIMEOUT_MS: u32 = 1_000;
@@ -123,12 +123,7 @@ impl CredentialsConfig {
     /// Validate `value` (the `credentials` object); errors start with
     /// `path.field: `.
     pub fn from_json(value: &Value, path: &str) -> Result<CredentialsConfig, String> {
-        let Value::Object(map) = value else {
-            return Err(format!(
-                "{path}: expected an object, got {}",
-                json_type(value)
-            ));
-        };
+        let map = object(value, path)?;
         let mut c = CredentialsConfig::default();
         for (name, v) in map {
             if v.is_null() {
@@ -179,13 +174,6 @@ impl CredentialsConfig {
     /// Every field `from_json` accepts (for a JSON schema, e.g. Kong's meta.json).
     pub fn field_names() -> &'static [&'static str] {
         FIELDS
-    }
-}
-
-fn string(v: &Value) -> Result<&str, String> {
-    match v {
-        Value::String(s) => Ok(s),
-        other => Err(format!("expected a string, got {}", json_type(other))),
     }
 }
 

@@ -20,13 +20,15 @@
 
 use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr};
+use std::ops::ControlFlow;
 
 use serde_json::Value;
 
 use super::config::CredentialsConfig;
 use super::{
     get_request, parse_json_credentials, parse_url, scrub, token_from, token_request,
-    valid_header_value, valid_path, var, Env, Fetch, Outgoing, Refreshing, Step, Url,
+    valid_header_value, valid_path, var, Env, Fetch, Outgoing, Refreshing, Setup, Step,
+    TokenSettings, TokenSource, Url,
 };
 use crate::aws::secrets_manager::Endpoint;
 use crate::aws::HttpResponse;
@@ -40,23 +42,12 @@ pub fn provider(config: &CredentialsConfig, env: Env) -> ContainerProvider {
     Refreshing::new(ContainerFetch::new(config, env))
 }
 
-enum Auth {
-    None,
-    Static(String),
-    Url { url: Url, upstream: String },
-}
-
 struct Target {
     url: Url,
     upstream: String,
     timeout_ms: u32,
-    auth: Auth,
-}
-
-enum Setup {
-    NotConfigured(String),
-    Invalid(String),
-    Ready(Box<Target>),
+    /// The `Authorization` token; `None`: no header.
+    auth: Option<TokenSource>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,7 +58,7 @@ enum Stage {
 }
 
 pub struct ContainerFetch {
-    setup: Setup,
+    setup: Setup<Target>,
     stage: Stage,
     /// The authorization token in use (for scrubbing messages).
     token: Option<String>,
@@ -76,21 +67,16 @@ pub struct ContainerFetch {
 impl fmt::Debug for ContainerFetch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut d = f.debug_struct("ContainerFetch");
-        match &self.setup {
-            Setup::NotConfigured(r) => d.field("not_configured", r),
-            Setup::Invalid(r) => d.field("invalid", r),
-            Setup::Ready(t) => d
-                .field("authority", &t.url.endpoint.authority)
+        self.setup.debug_fields(&mut d, |d, t| {
+            d.field("authority", &t.url.endpoint.authority)
                 .field("upstream", &t.upstream)
                 .field(
                     "auth",
-                    &match &t.auth {
-                        Auth::None => "none".to_string(),
-                        Auth::Static(_) => "static (redacted)".to_string(),
-                        Auth::Url { url, .. } => format!("from {}", url.endpoint.authority),
-                    },
-                ),
-        };
+                    &t.auth
+                        .as_ref()
+                        .map_or_else(|| "none".to_string(), TokenSource::describe),
+                );
+        });
         d.field("stage", &self.stage).finish()
     }
 }
@@ -130,7 +116,7 @@ impl ContainerFetch {
     }
 }
 
-fn setup(config: &CredentialsConfig, env: Env) -> Setup {
+fn setup(config: &CredentialsConfig, env: Env) -> Setup<Target> {
     const REL: &str = "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI";
     const FULL: &str = "AWS_CONTAINER_CREDENTIALS_FULL_URI";
     let url = if let Some(rel) = var(env, REL) {
@@ -166,33 +152,23 @@ fn setup(config: &CredentialsConfig, env: Env) -> Setup {
         return Setup::NotConfigured(format!("{REL} and {FULL} are not set"));
     };
 
-    const TOKEN: &str = "AWS_CONTAINER_AUTHORIZATION_TOKEN";
-    let auth = if let Some(token_url) = &config.container_authorization_token_url {
-        Auth::Url {
-            url: token_url.clone(),
-            upstream: config
-                .container_authorization_token_upstream
-                .clone()
-                .unwrap_or_else(|| token_url.endpoint.authority.clone()),
-        }
-    } else if let Some(token) = var(env, TOKEN) {
-        let token = token.trim().to_string();
-        if !valid_header_value(&token) {
-            return Setup::Invalid(format!(
-                "{TOKEN} is not a valid header value (printable ASCII only)"
-            ));
-        }
-        Auth::Static(token)
-    } else if var(env, "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE").is_some() {
-        return Setup::Invalid(
-            "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE is set, but a proxy-wasm filter cannot read \
-             files: set credentials.container_authorization_token_url to a local URL serving \
-             that file (rotated tokens, e.g. EKS Pod Identity), or AWS_CONTAINER_AUTHORIZATION_TOKEN \
-             to the token itself"
-                .into(),
-        );
-    } else {
-        Auth::None
+    let auth = TokenSettings {
+        url: config.container_authorization_token_url.as_ref(),
+        upstream: config.container_authorization_token_upstream.as_deref(),
+        var: "AWS_CONTAINER_AUTHORIZATION_TOKEN",
+        valid: valid_header_value,
+        invalid: "AWS_CONTAINER_AUTHORIZATION_TOKEN is not a valid header value \
+                  (printable ASCII only)",
+        file_var: "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+        file_error: "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE is set, but a proxy-wasm filter \
+                     cannot read files: set credentials.container_authorization_token_url to a \
+                     local URL serving that file (rotated tokens, e.g. EKS Pod Identity), or \
+                     AWS_CONTAINER_AUTHORIZATION_TOKEN to the token itself",
+    }
+    .source(env);
+    let auth = match auth {
+        Ok(auth) => auth,
+        Err(e) => return Setup::Invalid(e),
     };
 
     Setup::Ready(Box::new(Target {
@@ -236,18 +212,17 @@ impl Fetch for ContainerFetch {
     }
 
     fn begin(&mut self, _now: u64) -> Step {
-        let target = match &self.setup {
-            Setup::NotConfigured(r) => return Step::NotConfigured(r.clone()),
-            Setup::Invalid(r) => return Step::Fail(r.clone()),
-            Setup::Ready(t) => t,
+        let target = match self.setup.target() {
+            ControlFlow::Continue(t) => t,
+            ControlFlow::Break(step) => return step,
         };
         match &target.auth {
-            Auth::None => self.credentials_request(None),
-            Auth::Static(token) => {
+            None => self.credentials_request(None),
+            Some(TokenSource::Static(token)) => {
                 let token = token.clone();
                 self.credentials_request(Some(token))
             }
-            Auth::Url { url, upstream } => {
+            Some(TokenSource::Url { url, upstream }) => {
                 self.stage = Stage::Token;
                 Step::Send(token_request(url, upstream, target.timeout_ms))
             }

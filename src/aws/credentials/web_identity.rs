@@ -30,11 +30,12 @@
 //! (`AWS_STS_REGIONAL_ENDPOINTS=legacy`, or no region: the global endpoint).
 
 use std::fmt;
+use std::ops::ControlFlow;
 
 use super::config::CredentialsConfig;
 use super::{
-    env_region, scrub, token_from, token_request, valid_token, var, Env, Fetch, Outgoing,
-    Refreshing, Step, Url,
+    env_region, scrub, token_from, token_request, valid_session_name, valid_token, var, Env, Fetch,
+    Outgoing, Refreshing, Setup, Step, TokenSettings, TokenSource,
 };
 use crate::aws::sts::{self, EndpointMode, StsEndpoint};
 use crate::aws::HttpResponse;
@@ -50,11 +51,6 @@ pub fn provider(config: &CredentialsConfig, env: Env) -> WebIdentityProvider {
     Refreshing::new(WebIdentityFetch::new(config, env))
 }
 
-enum TokenSource {
-    Static(String),
-    Url { url: Url, upstream: String },
-}
-
 struct Target {
     role_arn: String,
     session_name: String,
@@ -62,12 +58,6 @@ struct Target {
     sts: StsEndpoint,
     sts_upstream: String,
     timeout_ms: u32,
-}
-
-enum Setup {
-    NotConfigured(String),
-    Invalid(String),
-    Ready(Box<Target>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,7 +68,7 @@ enum Stage {
 }
 
 pub struct WebIdentityFetch {
-    setup: Setup,
+    setup: Setup<Target>,
     stage: Stage,
     /// The token sent with the STS call in flight (for scrubbing).
     token: Option<String>,
@@ -87,22 +77,13 @@ pub struct WebIdentityFetch {
 impl fmt::Debug for WebIdentityFetch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut d = f.debug_struct("WebIdentityFetch");
-        match &self.setup {
-            Setup::NotConfigured(r) => d.field("not_configured", r),
-            Setup::Invalid(r) => d.field("invalid", r),
-            Setup::Ready(t) => d
-                .field("role_arn", &t.role_arn)
+        self.setup.debug_fields(&mut d, |d, t| {
+            d.field("role_arn", &t.role_arn)
                 .field("session_name", &t.session_name)
                 .field("sts", &t.sts.endpoint.authority)
                 .field("sts_upstream", &t.sts_upstream)
-                .field(
-                    "token",
-                    &match &t.token {
-                        TokenSource::Static(_) => "static (redacted)".to_string(),
-                        TokenSource::Url { url, .. } => format!("from {}", url.endpoint.authority),
-                    },
-                ),
-        };
+                .field("token", &t.token.describe());
+        });
         d.field("stage", &self.stage).finish()
     }
 }
@@ -141,36 +122,30 @@ impl WebIdentityFetch {
     }
 }
 
-fn setup(config: &CredentialsConfig, env: Env) -> Setup {
-    let token = if let Some(url) = &config.web_identity_token_url {
-        TokenSource::Url {
-            url: url.clone(),
-            upstream: config
-                .web_identity_token_upstream
-                .clone()
-                .unwrap_or_else(|| url.endpoint.authority.clone()),
-        }
-    } else if let Some(token) = var(env, "AWS_WEB_IDENTITY_TOKEN") {
-        let token = token.trim().to_string();
-        if !valid_token(&token) {
-            return Setup::Invalid(
-                "AWS_WEB_IDENTITY_TOKEN is not a token (printable ASCII without spaces)".into(),
-            );
-        }
-        TokenSource::Static(token)
-    } else if var(env, "AWS_WEB_IDENTITY_TOKEN_FILE").is_some() {
-        return Setup::Invalid(
+fn setup(config: &CredentialsConfig, env: Env) -> Setup<Target> {
+    let token = TokenSettings {
+        url: config.web_identity_token_url.as_ref(),
+        upstream: config.web_identity_token_upstream.as_deref(),
+        var: "AWS_WEB_IDENTITY_TOKEN",
+        valid: valid_token,
+        invalid: "AWS_WEB_IDENTITY_TOKEN is not a token (printable ASCII without spaces)",
+        file_var: "AWS_WEB_IDENTITY_TOKEN_FILE",
+        file_error:
             "AWS_WEB_IDENTITY_TOKEN_FILE is set, but a proxy-wasm filter cannot read files: set \
              credentials.web_identity_token_url to a local URL serving that file (rotated tokens, \
-             e.g. EKS IRSA), or AWS_WEB_IDENTITY_TOKEN to the token itself (static tokens only)"
-                .into(),
-        );
-    } else {
-        return Setup::NotConfigured(
-            "AWS_WEB_IDENTITY_TOKEN, AWS_WEB_IDENTITY_TOKEN_FILE and \
-             credentials.web_identity_token_url are not set"
-                .into(),
-        );
+             e.g. EKS IRSA), or AWS_WEB_IDENTITY_TOKEN to the token itself (static tokens only)",
+    }
+    .source(env);
+    let token = match token {
+        Ok(Some(token)) => token,
+        Ok(None) => {
+            return Setup::NotConfigured(
+                "AWS_WEB_IDENTITY_TOKEN, AWS_WEB_IDENTITY_TOKEN_FILE and \
+                 credentials.web_identity_token_url are not set"
+                    .into(),
+            )
+        }
+        Err(e) => return Setup::Invalid(e),
     };
     let Some(role_arn) = var(env, "AWS_ROLE_ARN").map(|r| r.trim().to_string()) else {
         return Setup::Invalid(
@@ -212,23 +187,15 @@ fn setup(config: &CredentialsConfig, env: Env) -> Setup {
     }))
 }
 
-/// STS RoleSessionName: 2-64 characters of `[\w+=,.@-]`.
-pub fn valid_session_name(s: &str) -> bool {
-    (2..=64).contains(&s.len())
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_+=,.@-".contains(&b))
-}
-
 impl Fetch for WebIdentityFetch {
     fn name(&self) -> &'static str {
         "web_identity"
     }
 
     fn begin(&mut self, _now: u64) -> Step {
-        let target = match &self.setup {
-            Setup::NotConfigured(r) => return Step::NotConfigured(r.clone()),
-            Setup::Invalid(r) => return Step::Fail(r.clone()),
-            Setup::Ready(t) => t,
+        let target = match self.setup.target() {
+            ControlFlow::Continue(t) => t,
+            ControlFlow::Break(step) => return step,
         };
         match &target.token {
             TokenSource::Static(token) => {

@@ -1,0 +1,238 @@
+//! JSON plugin configuration -> validated [`Config`].
+//!
+//! Parsing walks `serde_json::Value` by hand rather than deriving, so that every
+//! error names the exact field (`vaults[1].config.region: ...`): that message is
+//! what an operator sees from `envoy --mode validate`.
+//!
+//! This file holds [`Config`] and the top-level parse; by concern:
+//! - `vault.rs`: one vault's settings (JSON, query overrides, environment),
+//!   `env` vaults, vault entities and their prefixes;
+//! - `headers.rs`: header templates and the incoming header names;
+//! - `resolve.rs`: a reference resolved against its vault ([`SecretTarget`]);
+//! - [`crate::json`] (not here: the credentials settings use it too): the
+//!   JSON field helpers.
+
+mod headers;
+mod resolve;
+mod vault;
+
+use serde_json::Value;
+
+use crate::aws::credentials::CredentialsConfig;
+use crate::json::{json_type, list, object};
+use headers::{headers, incoming_headers};
+use vault::{env_prefix, vault_entity};
+
+pub use crate::json::MAX_TIMEOUT_MS;
+pub use headers::HeaderTemplate;
+pub use resolve::{EnvRef, RefCheck, Resolved, ResolvedRef, SecretTarget};
+pub use vault::{EnvSettings, VaultEntity, VaultSettings, ENTITY_FIELDS, ENV_FIELDS};
+
+/// Callout timeout when none is configured.
+pub const DEFAULT_TIMEOUT_MS: u32 = 5_000;
+/// Kong's `typedefs.ttl` upper bound, and its default `resurrect_ttl`.
+pub const MAX_TTL: f64 = 1e8;
+pub const DEFAULT_RESURRECT_TTL: f64 = 1e8;
+pub const DEFAULT_ROLE_SESSION_NAME: &str = "KongVault";
+
+/// The validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Node-level defaults for `{vault://aws/...}` (env already applied).
+    pub aws: VaultSettings,
+    /// Node-level defaults for `{vault://env/...}` (`KONG_VAULT_ENV_PREFIX` applied).
+    pub env: EnvSettings,
+    /// Where AWS credentials come from (default: the SDK chain).
+    pub credentials: CredentialsConfig,
+    pub vaults: Vec<VaultEntity>,
+    pub request_headers: Vec<HeaderTemplate>,
+    pub response_headers: Vec<HeaderTemplate>,
+    /// Lower-case names of incoming request headers whose `{vault://...}`
+    /// references are resolved (placed there by a trusted earlier filter).
+    /// Empty by default: references sent by clients are never resolved.
+    pub resolve_incoming_headers: Vec<String>,
+    /// Upstream statuses (100-599) that make the secrets a request carried be
+    /// fetched again at once (a rotated secret). Empty: off.
+    pub refresh_on_status: Vec<u16>,
+    /// At most one such refresh per secret per this many ms, per proxy.
+    pub refresh_min_interval_ms: u64,
+}
+
+/// `refresh_min_interval` when not set, in seconds.
+pub const DEFAULT_REFRESH_MIN_INTERVAL_S: f64 = 10.0;
+
+/// Top-level fields of the configuration.
+pub const TOP_LEVEL_FIELDS: &[&str] = &[
+    "aws",
+    "env",
+    "credentials",
+    "vaults",
+    "request_headers",
+    "response_headers",
+    "resolve_incoming_headers",
+    "refresh_on_status",
+    "refresh_min_interval",
+];
+
+impl Config {
+    /// Parse and validate, reading environment variables through `env`.
+    pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, String> {
+        let (config, checks) = Config::parse_report(text, env)?;
+        for check in checks {
+            if let Err(e) = check.result {
+                return Err(format!("{}: {}: {e}", check.field, check.text));
+            }
+        }
+        Ok(config)
+    }
+
+    /// Like [`Config::parse`], but reference errors do not stop parsing: every
+    /// reference is reported with its resolution or its error (for the CLI).
+    /// Headers holding a bad reference are left out of the returned config.
+    pub fn parse_report(
+        text: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<(Config, Vec<RefCheck>), String> {
+        if text.trim().is_empty() {
+            return Err("configuration is empty: expected a JSON object".into());
+        }
+        let root: Value =
+            serde_json::from_str(text).map_err(|e| format!("configuration is not JSON: {e}"))?;
+        let top = object(&root, "configuration")?;
+        for name in top.keys() {
+            if !TOP_LEVEL_FIELDS.contains(&name.as_str()) {
+                return Err(format!(
+                    "{name}: unknown field (expected one of: {})",
+                    TOP_LEVEL_FIELDS.join(", ")
+                ));
+            }
+        }
+        let aws = match top.get("aws") {
+            Some(v) if !v.is_null() => VaultSettings::from_json(v, "aws")?,
+            _ => VaultSettings::default(),
+        }
+        .with_env(env)
+        .map_err(|e| format!("aws: {e}"))?;
+
+        let mut env_defaults = match top.get("env") {
+            Some(v) if !v.is_null() => EnvSettings::from_json(v, "env")?,
+            _ => EnvSettings::default(),
+        };
+        if env_defaults.prefix.is_none() {
+            if let Some(p) = env("KONG_VAULT_ENV_PREFIX").filter(|p| !p.is_empty()) {
+                env_defaults.prefix = Some(env_prefix(&p).map_err(|e| {
+                    format!("env: environment variable KONG_VAULT_ENV_PREFIX: {e}")
+                })?);
+            }
+        }
+        let mut vaults = Vec::new();
+        for (i, item) in list(top.get("vaults"), "vaults", "an array")?
+            .iter()
+            .enumerate()
+        {
+            let entity = vault_entity(item, &format!("vaults[{i}]"))?;
+            if vaults
+                .iter()
+                .any(|v: &VaultEntity| v.prefix == entity.prefix)
+            {
+                return Err(format!(
+                    "vaults[{i}].prefix: duplicate prefix '{}'",
+                    entity.prefix
+                ));
+            }
+            vaults.push(entity);
+        }
+        let mut checks = Vec::new();
+        let request_headers = headers(top.get("request_headers"), "request_headers", &mut checks)?;
+        let resolve_incoming_headers =
+            incoming_headers(top.get("resolve_incoming_headers"), &request_headers)?;
+        let credentials = match top.get("credentials") {
+            Some(v) if !v.is_null() => CredentialsConfig::from_json(v, "credentials")?,
+            _ => CredentialsConfig::default(),
+        };
+        let refresh_on_status = statuses(top.get("refresh_on_status"))?;
+        let refresh_min_interval_ms = match top.get("refresh_min_interval") {
+            None | Some(Value::Null) => crate::cache::secs_to_ms(DEFAULT_REFRESH_MIN_INTERVAL_S),
+            Some(Value::Number(n)) => match n.as_f64() {
+                Some(v) if v.is_finite() && (0.0..=MAX_TTL).contains(&v) => {
+                    crate::cache::secs_to_ms(v)
+                }
+                _ => {
+                    return Err(format!(
+                        "refresh_min_interval: must be a number of seconds from 0 to {}",
+                        MAX_TTL as u64
+                    ))
+                }
+            },
+            Some(other) => {
+                return Err(format!(
+                    "refresh_min_interval: expected a number, got {}",
+                    json_type(other)
+                ))
+            }
+        };
+        let mut config = Config {
+            credentials,
+            env: env_defaults,
+            resolve_incoming_headers,
+            refresh_on_status,
+            refresh_min_interval_ms,
+            aws,
+            vaults,
+            request_headers,
+            response_headers: headers(
+                top.get("response_headers"),
+                "response_headers",
+                &mut checks,
+            )?,
+        };
+        // Resolve every reference now, so a bad one fails at load time.
+        let mut bad_fields = Vec::new();
+        for h in config
+            .request_headers
+            .iter()
+            .chain(&config.response_headers)
+        {
+            for (text, reference) in h.template.references() {
+                let result = config.resolve(text, reference);
+                if result.is_err() {
+                    bad_fields.push(h.field.clone());
+                }
+                checks.push(RefCheck {
+                    field: h.field.clone(),
+                    text: text.to_string(),
+                    result,
+                });
+            }
+        }
+        config
+            .request_headers
+            .retain(|h| !bad_fields.contains(&h.field));
+        config
+            .response_headers
+            .retain(|h| !bad_fields.contains(&h.field));
+        Ok((config, checks))
+    }
+}
+
+/// `refresh_on_status`: whole numbers from 100 to 599, each once.
+fn statuses(value: Option<&Value>) -> Result<Vec<u16>, String> {
+    const PATH: &str = "refresh_on_status";
+    let items = list(value, PATH, "an array of HTTP status codes")?;
+    let mut out: Vec<u16> = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let status = item
+            .as_u64()
+            .filter(|s| (100..=599).contains(s))
+            .and_then(|s| u16::try_from(s).ok())
+            .ok_or_else(|| format!("{PATH}[{i}]: must be a whole number from 100 to 599"))?;
+        if out.contains(&status) {
+            return Err(format!("{PATH}[{i}]: {status} given twice"));
+        }
+        out.push(status);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests;
