@@ -23,7 +23,7 @@ use serde_json::{json, Value};
 const CONFIG_KEYS: &[&str] = &["aws", "vaults", "request_headers", "response_headers"];
 
 /// Top-level schema properties the parser does not accept yet (being added to
-/// src/config.rs separately). Move a name out once the parser knows it.
+/// src/config/ separately). Move a name out once the parser knows it.
 const PENDING_TOP_LEVEL: &[&str] = &[];
 
 /// Fields of a vault entity the parser accepts.
@@ -423,7 +423,7 @@ fn schema_fields_match_parser_fields() {
 
     // The parser's own lists: its public constant, and its "unknown field" messages.
     // TODO: use `pub` constants for the vault settings and entity fields too, once
-    // src/config.rs exposes them (VaultSettings::FIELDS is private today).
+    // src/config/ exposes them (VaultSettings::FIELDS is private today).
     let parser_top: BTreeSet<String> = TOP_LEVEL_FIELDS.iter().map(|s| s.to_string()).collect();
     let top_error = parse(&json!({"zz_unknown": 1})).unwrap_err();
     assert_eq!(listed_fields(&top_error), parser_top, "{top_error}");
