@@ -103,6 +103,15 @@ impl Entry {
         self.value.is_none() || self.expires_at.is_some_and(|exp| now >= exp)
     }
 
+    /// Until when the value is fresh (`now < fresh_until()` means not
+    /// [`Entry::expired`]): 0 without one, `u64::MAX` for ttl 0.
+    pub fn fresh_until(&self) -> u64 {
+        match (&self.value, self.expires_at) {
+            (None, _) => 0,
+            (Some(_), exp) => exp.unwrap_or(u64::MAX),
+        }
+    }
+
     /// Record a successful fetch.
     pub fn succeed(&mut self, value: String, now: u64, ttl_s: f64, resurrect_ttl_s: f64) {
         let expires_at = (ttl_s > 0.0).then(|| now.saturating_add(secs_to_ms(ttl_s)));

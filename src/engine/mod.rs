@@ -34,7 +34,7 @@ use std::rc::Rc;
 use crate::aws::credentials::{CredentialSet, Outgoing, Slot, Update};
 use crate::aws::sigv4::Credentials;
 use crate::aws::HttpResponse;
-use crate::cache::SharedStore;
+use crate::cache::{Entry, SharedStore};
 use crate::config::Config;
 
 mod credentials;
@@ -372,10 +372,10 @@ impl Engine {
     }
 
     /// The warm path: the headers for a request, when the configuration
-    /// resolves no trusted incoming headers and every configured secret is fresh at `now` (which may lag
-    /// the real clock by a tick: values are then served at most that long
-    /// past their ttl, well inside the resurrect window). `None`: take
-    /// [`Engine::on_request`] with the real clock.
+    /// resolves no trusted incoming headers and every configured secret is
+    /// fresh at `now` (which may lag the real clock by a tick: values are then
+    /// served at most that long past their ttl, well inside the resurrect
+    /// window). `None`: take [`Engine::on_request`] with the real clock.
     pub fn warm(&mut self, now: u64) -> Option<Rc<Rendered>> {
         if !self.config.resolve_incoming_headers.is_empty() {
             return None; // the request's own headers must be read
@@ -387,10 +387,7 @@ impl Engine {
                     .secrets
                     .iter()
                     .take(self.configured)
-                    .map(|s| match &s.entry {
-                        Some(e) if e.value.is_some() => e.expires_at.unwrap_or(u64::MAX),
-                        _ => 0,
-                    })
+                    .map(|s| s.entry.as_ref().map_or(0, Entry::fresh_until))
                     .min()
                     .unwrap_or(u64::MAX);
                 self.fresh_until = Some(t);

@@ -220,9 +220,10 @@ impl Engine {
     }
 
     fn waiters_overdue(&self, now: u64) -> bool {
+        let limit = self.max_wait_ms();
         self.waiters
             .values()
-            .any(|w| now.saturating_sub(w.since) > self.max_wait_ms())
+            .any(|w| now.saturating_sub(w.since) > limit)
     }
 
     /// A paused request is failed after this long, whatever happens.

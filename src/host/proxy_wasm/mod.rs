@@ -143,13 +143,7 @@ impl Host for AbiHost {
     }
 
     fn resume(&mut self, ctx: u32, headers: &Rc<Rendered>) {
-        set_request_headers(headers);
-        contexts(|c| {
-            if let Some(h) = c.http.get_mut(&ctx) {
-                h.response = Some(headers.clone());
-                h.paused = false;
-            }
-        });
+        go_on_with(ctx, headers.clone(), true);
         abi::resume_http_request();
     }
 
@@ -189,9 +183,24 @@ fn run<R>(
     })
 }
 
-fn set_request_headers(rendered: &Rendered) {
+/// Request `ctx` goes on with `rendered`: its request headers set now, and
+/// kept for its response what that needs (response headers, the secrets to
+/// watch statuses for). `was_paused`: clear its paused mark. The warm path
+/// touches the context table only when something must be kept.
+fn go_on_with(ctx: u32, rendered: Rc<Rendered>, was_paused: bool) {
     for (name, value) in &rendered.request {
         abi::replace_header(abi::MAP_REQUEST_HEADERS, name, value);
+    }
+    let keep = !rendered.response.is_empty() || !rendered.used.is_empty();
+    if keep || was_paused {
+        contexts(|c| {
+            if let Some(h) = c.http.get_mut(&ctx) {
+                h.paused = false;
+                if keep {
+                    h.response = Some(rendered);
+                }
+            }
+        });
     }
 }
 
@@ -361,10 +370,7 @@ fn on_request_headers(ctx: u32) -> u32 {
         vm.warm(root, tick_clock)
     });
     if let Some(rendered) = warm {
-        set_request_headers(&rendered);
-        if !rendered.response.is_empty() || !rendered.used.is_empty() {
-            contexts(|c| c.http.get_mut(&ctx).map(|h| h.response = Some(rendered)));
-        }
+        go_on_with(ctx, rendered, false);
         return CONTINUE;
     }
     contexts(|c| c.http.get_mut(&ctx).map(|h| h.engaged = true));
@@ -395,10 +401,7 @@ fn on_request_headers(ctx: u32) -> u32 {
     };
     match decision {
         Decision::Continue(rendered) => {
-            set_request_headers(&rendered);
-            if !rendered.response.is_empty() || !rendered.used.is_empty() {
-                contexts(|c| c.http.get_mut(&ctx).map(|h| h.response = Some(rendered)));
-            }
+            go_on_with(ctx, rendered, false);
             CONTINUE
         }
         Decision::Pause => {
@@ -487,13 +490,7 @@ fn on_http_call_response(token: u32, body_size: usize) {
     match own {
         Own::Untouched => {}
         Own::Resumed(rendered) => {
-            set_request_headers(&rendered);
-            contexts(|c| {
-                if let Some(h) = c.http.get_mut(&ctx) {
-                    h.response = Some(rendered);
-                    h.paused = false;
-                }
-            });
+            go_on_with(ctx, rendered, true);
             abi::resume_http_request();
         }
         Own::Rejected => {
