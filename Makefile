@@ -34,6 +34,11 @@ components:
 # the build fails. `make build WASM_OPT=0` builds without it: the unoptimized module, with a
 # warning.
 WASM_OPT      ?= 1
+# Inline a function with one caller only when it is small: Envoy's V8 compiles
+# the whole module with its optimizing compiler at load, and one huge function
+# (wasm-opt's default merges every single-caller chain) costs it megabytes of
+# memory that stay allocated (bench/README.md, "Memory").
+WASM_OPT_FLAGS ?= --one-caller-inline-max-function-size 100
 APT_LOCK_WAIT ?= 300
 # apt-get waits for the dpkg lock with DPkg::Lock::Timeout; `apt-get update` does not wait
 # for the package lists' lock (apt 2.6), hence the retry loop below.
@@ -66,7 +71,7 @@ build: target wasm-opt
 	  echo "warning: WASM_OPT=0: $(WASM) is NOT size-optimized (wasm-opt skipped)" >&2; \
 	  cp target/$(WASM_TARGET)/release/aws_vault.wasm $(WASM); \
 	else \
-	  wasm-opt -Oz --enable-bulk-memory --enable-sign-ext --enable-mutable-globals \
+	  wasm-opt -Oz $(WASM_OPT_FLAGS) --enable-bulk-memory --enable-sign-ext --enable-mutable-globals \
 	    --enable-nontrapping-float-to-int target/$(WASM_TARGET)/release/aws_vault.wasm -o $(WASM); \
 	fi
 	@ls -l $(WASM) | awk '{print "$(WASM): " $$5 " bytes"}'

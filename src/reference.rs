@@ -150,6 +150,7 @@ fn split_first(s: &str, c: char) -> (&str, Option<&str>) {
 
 /// LuaSocket's host out of an authority: drop `userinfo@` (up to the first `@`), then a
 /// `:port` (the last `:` when no `:` or `]` follows it), then IPv6 brackets. Empty -> None.
+#[inline(never)] // see Config::fields
 fn host(authority: &str) -> Option<String> {
     let a = authority.split_once('@').map_or(authority, |(_, h)| h);
     let a = match a.rfind(':') {
@@ -167,6 +168,7 @@ fn host(authority: &str) -> Option<String> {
 /// OpenResty's `ngx.unescape_uri`: `%XX` decoded (invalid escapes kept literally) and a
 /// literal `+` becomes a space. Replacing `+` first is equivalent: `+` is never a hex digit,
 /// and a decoded `%2B` must stay `+`.
+#[inline(never)] // see Config::fields
 fn unescape_uri(bytes: &[u8]) -> Vec<u8> {
     let plus: Vec<u8> = bytes
         .iter()
@@ -183,6 +185,7 @@ fn utf8(bytes: Vec<u8>) -> Result<String, ParseError> {
 /// empty keys ignored. A key seen twice becomes a Lua table and a key without `=` becomes
 /// `true`: neither is a string, so both are None here. Keys are compared after a lossy UTF-8
 /// conversion; a key that is not UTF-8 can never name a config field anyway.
+#[inline(never)] // see Config::fields
 fn decode_args(query: &str) -> LiteMap<String, Option<String>> {
     let mut args: LiteMap<String, Option<String>> = LiteMap::new();
     for piece in query.split('&').take(MAX_QUERY_ARGS) {
@@ -201,6 +204,7 @@ fn decode_args(query: &str) -> LiteMap<String, Option<String>> {
 /// then decimal (`1`, `1.`, `.5`, `1e2`), hex (`0x1A`, `0x1.8p1`) or binary (`0b10`).
 /// LuaJIT also reads `inf`/`nan`; they are rejected here (PUC Lua 5.3 does too) because no
 /// vault accepts them anyway and a NaN would make `Reference` unequal to itself.
+#[inline(never)] // see Config::fields
 fn lua_tonumber(s: &str) -> Option<f64> {
     // C isspace: space, \t, \n, \v, \f, \r (Rust's trim_ascii would miss \v).
     let t = s.trim_matches(|c| matches!(c, ' ' | '\t' | '\n' | '\x0b' | '\x0c' | '\r'));

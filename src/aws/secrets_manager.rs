@@ -409,6 +409,7 @@ fn parse_answer(
 
 /// Parse a non-2xx answer into an [`AwsError`]. Error bodies hold no
 /// secrets, so their text may be excerpted (capped and made printable).
+#[inline(never)] // see Config::fields
 fn parse_error(resp: &super::HttpResponse) -> AwsError {
     let status = resp.status;
     let header_code = resp
@@ -655,6 +656,7 @@ fn printable(text: &str) -> String {
 
 /// Strict standard base64 (RFC 4648 alphabet `+/`, `=` padding required,
 /// no whitespace, zero trailing bits). `None` if invalid.
+#[inline(never)] // see Config::fields
 fn base64_decode(input: &str) -> Option<Vec<u8>> {
     fn sextet(c: u8) -> Option<u32> {
         match c {

@@ -130,6 +130,47 @@ pub fn sign(
         .map(|(n, v)| (n.to_ascii_lowercase(), v.clone()))
         .collect();
 
+    let (creq, signed_headers) =
+        canonical_request(req, &headers, &date_time, creds.session_token.as_deref());
+
+    let scope = format!("{date}/{region}/{service}/aws4_request");
+    let string_to_sign = format!(
+        "{ALGORITHM}\n{date_time}\n{scope}\n{}",
+        sha256_hex(creq.as_bytes())
+    );
+    // kSigning = HMAC(HMAC(HMAC(HMAC("AWS4" + secret, date), region), service), "aws4_request")
+    let mut key = hmac_sha256(
+        format!("AWS4{}", creds.secret_access_key).as_bytes(),
+        date.as_bytes(),
+    )?;
+    for part in [region, service, "aws4_request"] {
+        key = hmac_sha256(&key, part.as_bytes())?;
+    }
+    let signature = hex(&hmac_sha256(&key, string_to_sign.as_bytes())?);
+    let authorization = format!(
+        "{ALGORITHM} Credential={}/{scope}, SignedHeaders={signed_headers}, Signature={signature}",
+        creds.access_key_id
+    );
+
+    headers.push(("x-amz-date".into(), date_time));
+    headers.push(("authorization".into(), authorization));
+    if let Some(token) = &creds.session_token {
+        headers.push(("x-amz-security-token".into(), token.clone()));
+    }
+    req.headers = headers;
+    Ok(())
+}
+
+/// The canonical request and the signed header list. Out of line with the
+/// validation: V8's optimizing compiler needs memory by the size of a function,
+/// and Envoy keeps what it used (see `Config::fields`).
+#[inline(never)]
+fn canonical_request(
+    req: &super::HttpRequest,
+    headers: &[(String, String)],
+    date_time: &str,
+    session_token: Option<&str>,
+) -> (String, String) {
     // Canonical headers: (name, position, normalized value), sorted by name
     // then position, so repeated names keep their request order (their
     // values are joined with ',').
@@ -145,8 +186,8 @@ pub fn sign(
         .collect();
     let n = canonical.len();
     canonical.push(("host", n, &req.authority));
-    canonical.push(("x-amz-date", n + 1, &date_time));
-    if let Some(token) = &creds.session_token {
+    canonical.push(("x-amz-date", n + 1, date_time));
+    if let Some(token) = session_token {
         canonical.push(("x-amz-security-token", n + 2, token));
     }
     sort_entries(&mut canonical);
@@ -180,33 +221,7 @@ pub fn sign(
     creq.push_str(&signed_headers);
     creq.push('\n');
     creq.push_str(&sha256_hex(&req.body));
-
-    let scope = format!("{date}/{region}/{service}/aws4_request");
-    let string_to_sign = format!(
-        "{ALGORITHM}\n{date_time}\n{scope}\n{}",
-        sha256_hex(creq.as_bytes())
-    );
-    // kSigning = HMAC(HMAC(HMAC(HMAC("AWS4" + secret, date), region), service), "aws4_request")
-    let mut key = hmac_sha256(
-        format!("AWS4{}", creds.secret_access_key).as_bytes(),
-        date.as_bytes(),
-    )?;
-    for part in [region, service, "aws4_request"] {
-        key = hmac_sha256(&key, part.as_bytes())?;
-    }
-    let signature = hex(&hmac_sha256(&key, string_to_sign.as_bytes())?);
-    let authorization = format!(
-        "{ALGORITHM} Credential={}/{scope}, SignedHeaders={signed_headers}, Signature={signature}",
-        creds.access_key_id
-    );
-
-    headers.push(("x-amz-date".into(), date_time));
-    headers.push(("authorization".into(), authorization));
-    if let Some(token) = &creds.session_token {
-        headers.push(("x-amz-security-token".into(), token.clone()));
-    }
-    req.headers = headers;
-    Ok(())
+    (creq, signed_headers)
 }
 
 fn is_one_of(name: &str, list: &[&str]) -> bool {
@@ -428,6 +443,7 @@ fn is_visible_ascii(b: u8) -> bool {
 /// Checks everything that ends up in a header we write or in the URI, so a
 /// bad value is reported as such (never quoted: it may be a credential)
 /// instead of producing an unusable or injected header.
+#[inline(never)]
 fn validate_inputs(
     req: &super::HttpRequest,
     creds: &Credentials,
@@ -497,6 +513,7 @@ fn validate_inputs(
 /// What the `http` crate refused when aws-sigv4's HTTP signer parsed the URI
 /// and header names, on top of [`validate_inputs`] (the tests check the two
 /// signers accept and refuse the same requests).
+#[inline(never)]
 fn validate_uri_and_header_limits(req: &super::HttpRequest) -> Result<(), SignError> {
     if req.authority.contains('%') {
         return Err(err("invalid authority (host[:port])"));

@@ -17,6 +17,7 @@ pub struct HeaderTemplate {
     pub field: String,
 }
 
+#[inline(never)] // see Config::fields
 pub(super) fn headers(
     value: Option<&Value>,
     path: &str,
@@ -62,6 +63,7 @@ pub(super) fn headers(
     Ok(out)
 }
 
+#[inline(never)] // see Config::fields
 pub(super) fn incoming_headers(
     value: Option<&Value>,
     configured: &[HeaderTemplate],

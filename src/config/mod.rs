@@ -93,6 +93,21 @@ impl Config {
         text: &str,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<(Config, Vec<RefCheck>), String> {
+        let mut checks = Vec::new();
+        let mut config = Config::fields(text, env, &mut checks)?;
+        config.check_references(&mut checks);
+        Ok((config, checks))
+    }
+
+    // `fields` and `check_references` are kept out of line: one large wasm function costs
+    // V8's optimizing compiler (Envoy runs TurboFan only) megabytes of zone memory that the
+    // allocator keeps afterwards, so the module's largest functions set Envoy's RSS.
+    #[inline(never)]
+    fn fields(
+        text: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+        checks: &mut Vec<RefCheck>,
+    ) -> Result<Config, String> {
         if text.trim().is_empty() {
             return Err("configuration is empty: expected a JSON object".into());
         }
@@ -142,8 +157,7 @@ impl Config {
             }
             vaults.push(entity);
         }
-        let mut checks = Vec::new();
-        let request_headers = headers(top.get("request_headers"), "request_headers", &mut checks)?;
+        let request_headers = headers(top.get("request_headers"), "request_headers", checks)?;
         let resolve_incoming_headers =
             incoming_headers(top.get("resolve_incoming_headers"), &request_headers)?;
         let credentials = match top.get("credentials") {
@@ -171,7 +185,7 @@ impl Config {
                 ))
             }
         };
-        let mut config = Config {
+        Ok(Config {
             credentials,
             env: env_defaults,
             resolve_incoming_headers,
@@ -180,21 +194,17 @@ impl Config {
             aws,
             vaults,
             request_headers,
-            response_headers: headers(
-                top.get("response_headers"),
-                "response_headers",
-                &mut checks,
-            )?,
-        };
+            response_headers: headers(top.get("response_headers"), "response_headers", checks)?,
+        })
+    }
+
+    #[inline(never)]
+    fn check_references(&mut self, checks: &mut Vec<RefCheck>) {
         // Resolve every reference now, so a bad one fails at load time.
         let mut bad_fields = Vec::new();
-        for h in config
-            .request_headers
-            .iter()
-            .chain(&config.response_headers)
-        {
+        for h in self.request_headers.iter().chain(&self.response_headers) {
             for (text, reference) in h.template.references() {
-                let result = config.resolve(text, reference);
+                let result = self.resolve(text, reference);
                 if result.is_err() {
                     bad_fields.push(h.field.clone());
                 }
@@ -205,17 +215,15 @@ impl Config {
                 });
             }
         }
-        config
-            .request_headers
+        self.request_headers
             .retain(|h| !bad_fields.contains(&h.field));
-        config
-            .response_headers
+        self.response_headers
             .retain(|h| !bad_fields.contains(&h.field));
-        Ok((config, checks))
     }
 }
 
 /// `refresh_on_status`: whole numbers from 100 to 599, each once.
+#[inline(never)] // see Config::fields
 fn statuses(value: Option<&Value>) -> Result<Vec<u16>, String> {
     const PATH: &str = "refresh_on_status";
     let items = list(value, PATH, "an array of HTTP status codes")?;

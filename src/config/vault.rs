@@ -120,6 +120,7 @@ impl VaultSettings {
         }
     }
 
+    #[inline(never)] // see Config::fields
     pub(super) fn from_json(value: &Value, path: &str) -> Result<Self, String> {
         let mut settings = Self::default();
         for (name, v) in object(value, path)? {
@@ -134,6 +135,7 @@ impl VaultSettings {
     }
 
     /// Fill unset fields from environment variables (config wins).
+    #[inline(never)] // see Config::fields
     pub(super) fn with_env(mut self, env: &dyn Fn(&str) -> Option<String>) -> Result<Self, String> {
         let vars: &[(&str, &str)] = &[
             ("region", "KONG_VAULT_AWS_REGION"),
@@ -168,6 +170,7 @@ pub struct EnvSettings {
 }
 
 impl EnvSettings {
+    #[inline(never)] // see Config::fields
     pub(super) fn from_json(value: &Value, path: &str) -> Result<Self, String> {
         let mut settings = Self::default();
         for (name, v) in object(value, path)? {
@@ -230,6 +233,7 @@ pub const ENTITY_FIELDS: &[&str] = &["name", "prefix", "description", "config", 
 /// Fields of an `env` vault's settings.
 pub const ENV_FIELDS: &[&str] = &["prefix"];
 
+#[inline(never)] // see Config::fields
 pub(super) fn vault_entity(value: &Value, path: &str) -> Result<VaultEntity, String> {
     let map = object(value, path)?;
     for name in map.keys() {

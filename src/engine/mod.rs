@@ -213,6 +213,10 @@ pub struct Engine {
     admission: incoming::Admission,
     /// Until when every configured secret is fresh (computed on demand).
     fresh_until: Option<u64>,
+    /// The warm path's answer: until when it holds, and the headers. Made by
+    /// the first warm request after a change, dropped with every change of a
+    /// secret's entry (like `fresh_until`), so a warm request reads only this.
+    warm: Option<(u64, Rc<Rendered>)>,
     /// Spread ttl refreshes (off only in simulations that compare).
     jitter: bool,
     pub stats: Stats,
@@ -251,6 +255,7 @@ impl Engine {
             waking: Waking::AnyContext,
             admission: incoming::Admission::default(),
             fresh_until: None,
+            warm: None,
             jitter: true,
             stats: Stats::default(),
         };
@@ -376,9 +381,25 @@ impl Engine {
     /// fresh at `now` (which may lag the real clock by a tick: values are then
     /// served at most that long past their ttl, well inside the resurrect
     /// window). `None`: take [`Engine::on_request`] with the real clock.
-    pub fn warm(&mut self, now: u64) -> Option<Rc<Rendered>> {
+    #[inline]
+    pub fn warm(&mut self, now: u64) -> Option<&Rc<Rendered>> {
+        let serves = match self.warm.as_ref().map(|(until, _)| *until) {
+            Some(until) => now < until,
+            None => self.make_warm(now),
+        };
+        if !serves {
+            return None;
+        }
+        self.stats.cache_hits += 1;
+        self.warm.as_ref().map(|(_, rendered)| rendered)
+    }
+
+    /// [`Engine::warm`] after a change: makes the snapshot when there can be
+    /// one, and says whether it serves at `now`.
+    #[inline(never)]
+    fn make_warm(&mut self, now: u64) -> bool {
         if !self.config.resolve_incoming_headers.is_empty() {
-            return None; // the request's own headers must be read
+            return false; // the request's own headers must be read
         }
         let fresh_until = match self.fresh_until {
             Some(t) => t,
@@ -394,12 +415,11 @@ impl Engine {
                 t
             }
         };
-        if now >= fresh_until {
-            return None;
-        }
-        let rendered = self.render().ok()?;
-        self.stats.cache_hits += 1;
-        Some(rendered)
+        let Ok(rendered) = self.render() else {
+            return false;
+        };
+        self.warm = Some((fresh_until, rendered));
+        now < fresh_until
     }
 
     /// A new request's headers arrived. `incoming`: the request's values of

@@ -263,6 +263,7 @@ impl Engine {
             s.early_ms = early;
         }
         self.fresh_until = None;
+        self.warm = None;
         self.dirty = true;
         if changed_value {
             self.derive(i);

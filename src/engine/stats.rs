@@ -24,6 +24,21 @@ pub struct Stats {
     pub fetches_failed: [u64; FAILURE_REASONS.len()],
 }
 
+impl Stats {
+    /// All counters at zero (`Default`, usable in a `const`).
+    pub const ZERO: Stats = Stats {
+        cache_hits: 0,
+        cache_misses: 0,
+        requests_failed: 0,
+        stale_served: 0,
+        fetches_started: 0,
+        refreshes: 0,
+        refreshes_on_status: 0,
+        fetches_succeeded: 0,
+        fetches_failed: [0; FAILURE_REASONS.len()],
+    };
+}
+
 /// Labels of failed fetches, for metrics.
 pub const FAILURE_REASONS: [&str; 10] = [
     "not_found",

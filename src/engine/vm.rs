@@ -49,16 +49,21 @@ pub struct Vm {
 }
 
 impl Vm {
-    pub fn new(waking: Waking) -> Vm {
+    pub const fn new(waking: Waking) -> Vm {
         Vm {
             roots: LiteMap::new(),
             calls: LiteMap::new(),
             waking,
             next_gen: 1,
             orphans: LiteMap::new(),
-            retired: Stats::default(),
+            retired: Stats::ZERO,
             next_sweep: 0,
         }
+    }
+
+    /// How the host continues paused requests, for the engines made from now on.
+    pub fn set_waking(&mut self, waking: Waking) {
+        self.waking = waking;
     }
 
     pub fn waking(&self) -> Waking {
@@ -144,7 +149,8 @@ impl Vm {
     }
 
     /// The warm path of [`Engine::warm`] for a request of root `root`.
-    pub fn warm(&mut self, root: u32, now: u64) -> Option<std::rc::Rc<super::Rendered>> {
+    #[inline]
+    pub fn warm(&mut self, root: u32, now: u64) -> Option<&std::rc::Rc<super::Rendered>> {
         self.roots.get_mut(&root)?.warm(now)
     }
 

@@ -1,7 +1,7 @@
 //! The entry points the host calls (proxy-wasm ABI 0.2.1). On wasm32, `u32`,
 //! `usize` and `bool` are all `i32`; a bool result is returned as 0/1.
 
-use super::{contexts, Http, CONTINUE};
+use super::{contexts, CONTINUE};
 
 extern "C" {
     fn __wasm_call_ctors();
@@ -43,15 +43,7 @@ pub extern "C" fn proxy_on_context_create(context_id: u32, root_context_id: u32)
                 c.roots.insert(context_id, false);
             }
         } else {
-            c.http.insert(
-                context_id,
-                Http {
-                    root: root_context_id,
-                    response: None,
-                    paused: false,
-                    engaged: false,
-                },
-            );
+            c.create(context_id, root_context_id);
         }
     });
 }
@@ -100,11 +92,7 @@ pub extern "C" fn proxy_on_done(context_id: u32) -> u32 {
 
 #[no_mangle]
 pub extern "C" fn proxy_on_delete(context_id: u32) {
-    contexts(|c| {
-        if c.http.remove(&context_id).is_none() {
-            c.roots.remove(&context_id);
-        }
-    });
+    contexts(|c| c.delete(context_id));
 }
 
 // What the filter does not use: exported as no-ops, as an SDK would.

@@ -20,7 +20,7 @@
 //! - `abi.rs`: the raw host calls, each reporting failure instead of
 //!   panicking
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 use litemap::LiteMap;
@@ -45,22 +45,47 @@ const REJECT_BODY: &[u8] = b"secret unavailable\n";
 const CONTINUE: u32 = 0;
 const PAUSE: u32 = 1;
 
-thread_local! {
-    /// This VM's state: one engine per root context.
-    static VM: RefCell<Vm> = RefCell::new(Vm::new(probe_waking()));
-    /// The contexts the host created, and what each needs between callbacks.
-    static CONTEXTS: RefCell<Contexts> = const { RefCell::new(Contexts::new()) };
-    /// Host metric ids and the counts already reported, and when.
-    static METRICS: RefCell<Metrics> = const { RefCell::new(Metrics::new()) };
-    /// The time (ms) at the last callback that read the clock: every tick
-    /// (25 ms) does. The warm path uses it instead of a host call.
-    static CLOCK: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+/// A value of this VM's only thread. A proxy-wasm VM has one thread (wasm32
+/// without the atomics feature cannot share memory), so a plain static is
+/// sound; `thread_local!` would reach it through a function pointer, an
+/// indirect call in every callback.
+struct Local<T>(T);
+
+impl<T> Local<T> {
+    /// Like `LocalKey::with`.
+    #[inline(always)]
+    fn with<R>(&'static self, f: impl FnOnce(&T) -> R) -> R {
+        f(&self.0)
+    }
 }
+
+// SAFETY: single-threaded VM (above); refused to build otherwise (below).
+unsafe impl<T> Sync for Local<T> {}
+
+#[cfg(target_feature = "atomics")]
+compile_error!("the proxy-wasm shell assumes a single-threaded VM (no atomics)");
+
+/// This VM's state: one engine per root context. How the host continues
+/// paused requests is probed at each configuration (the safe way until then).
+static VM: Local<RefCell<Vm>> = Local(RefCell::new(Vm::new(Waking::OwnCallbacks)));
+/// The contexts the host created, and what each needs between callbacks.
+static CONTEXTS: Local<RefCell<Contexts>> = Local(RefCell::new(Contexts::new()));
+/// Host metric ids and the counts already reported, and when.
+static METRICS: Local<RefCell<Metrics>> = Local(RefCell::new(Metrics::new()));
+/// The time (ms) at the last callback that read the clock: every tick (25 ms)
+/// does. The warm path uses it instead of a host call.
+static CLOCK: Local<Cell<u64>> = Local(Cell::new(0));
 
 struct Contexts {
     /// Root contexts: has the tick been started?
     roots: LiteMap<u32, bool>,
+    /// Requests that keep state between callbacks.
     http: LiteMap<u32, Http>,
+    /// The request context created last, with its root, while not in `http`:
+    /// a request served from the warm path keeps nothing, so it never enters
+    /// the table (its root is taken from here at its request headers). A
+    /// second creation before that moves the first into the table.
+    newest: Option<(u32, u32)>,
 }
 
 impl Contexts {
@@ -68,6 +93,42 @@ impl Contexts {
         Contexts {
             roots: LiteMap::new(),
             http: LiteMap::new(),
+            newest: None,
+        }
+    }
+
+    /// Request context `ctx` of root `root` was created.
+    fn create(&mut self, ctx: u32, root: u32) {
+        if let Some((older, its_root)) = self.newest.replace((ctx, root)) {
+            self.http.insert(older, Http::new(its_root));
+        }
+    }
+
+    /// The root of request `ctx`, at its request headers; it leaves `newest`.
+    fn take_root(&mut self, ctx: u32) -> Option<u32> {
+        match self.newest {
+            Some((c, root)) if c == ctx => {
+                self.newest = None;
+                Some(root)
+            }
+            _ => self.http.get(&ctx).map(|h| h.root),
+        }
+    }
+
+    /// Request `ctx`'s state, entered in the table if it is not there yet.
+    fn entry(&mut self, ctx: u32, root: u32) -> Option<&mut Http> {
+        if !self.http.contains_key(&ctx) {
+            self.http.insert(ctx, Http::new(root));
+        }
+        self.http.get_mut(&ctx)
+    }
+
+    /// Context `ctx` is deleted.
+    fn delete(&mut self, ctx: u32) {
+        if matches!(self.newest, Some((c, _)) if c == ctx) {
+            self.newest = None;
+        } else if self.http.remove(&ctx).is_none() {
+            self.roots.remove(&ctx);
         }
     }
 }
@@ -83,6 +144,17 @@ struct Http {
     /// Went through the engine (not the warm path): it may be waiting or own
     /// callouts, so the engine must hear when it ends.
     engaged: bool,
+}
+
+impl Http {
+    fn new(root: u32) -> Http {
+        Http {
+            root,
+            response: None,
+            paused: false,
+            engaged: false,
+        }
+    }
 }
 
 /// Run `f` on the context table, if it is not busy (re-entered).
@@ -143,7 +215,7 @@ impl Host for AbiHost {
     }
 
     fn resume(&mut self, ctx: u32, headers: &Rc<Rendered>) {
-        go_on_with(ctx, headers.clone(), true);
+        go_on_with(ctx, headers.clone(), From::Paused);
         abi::resume_http_request();
     }
 
@@ -184,17 +256,40 @@ fn run<R>(
 }
 
 /// Request `ctx` goes on with `rendered`: its request headers set now, and
-/// kept for its response what that needs (response headers, the secrets to
-/// watch statuses for). `was_paused`: clear its paused mark. The warm path
-/// touches the context table only when something must be kept.
-fn go_on_with(ctx: u32, rendered: Rc<Rendered>, was_paused: bool) {
+/// kept for its response what that needs (see [`keep`]).
+fn go_on_with(ctx: u32, rendered: Rc<Rendered>, from: From) {
+    set_request_headers(&rendered);
+    keep(ctx, rendered, from);
+}
+
+#[inline(always)]
+fn set_request_headers(rendered: &Rendered) {
     for (name, value) in &rendered.request {
         abi::replace_header(abi::MAP_REQUEST_HEADERS, name, value);
     }
-    let keep = !rendered.response.is_empty() || !rendered.used.is_empty();
-    if keep || was_paused {
+}
+
+/// Does a request served `rendered` keep anything for its response
+/// (response headers, the secrets to watch statuses for)?
+#[inline(always)]
+fn keeps(rendered: &Rendered) -> bool {
+    !rendered.response.is_empty() || !rendered.used.is_empty()
+}
+
+/// Keep for request `ctx`'s response what `rendered` says it needs. `from`:
+/// `Headers(root)` from its own request headers callback (a warm request is
+/// not in the context table: entered only if something must be kept),
+/// `Paused` when a paused request (in the table) is resumed, which also
+/// clears its paused mark.
+fn keep(ctx: u32, rendered: Rc<Rendered>, from: From) {
+    let keep = keeps(&rendered);
+    if keep || from == From::Paused {
         contexts(|c| {
-            if let Some(h) = c.http.get_mut(&ctx) {
+            let http = match from {
+                From::Headers(root) => c.entry(ctx, root),
+                From::Paused => c.http.get_mut(&ctx),
+            };
+            if let Some(h) = http {
                 h.paused = false;
                 if keep {
                     h.response = Some(rendered);
@@ -202,6 +297,13 @@ fn go_on_with(ctx: u32, rendered: Rc<Rendered>, was_paused: bool) {
             }
         });
     }
+}
+
+/// Where a request goes on from: see [`keep`].
+#[derive(Clone, Copy, PartialEq)]
+enum From {
+    Headers(u32),
+    Paused,
 }
 
 fn reject() {
@@ -300,8 +402,9 @@ fn on_configure(root: u32) -> bool {
     let text = String::from_utf8_lossy(&bytes);
     let env = |k: &str| std::env::var(k).ok();
     let (now, seed) = (now_ms(), seed());
+    let waking = probe_waking();
     let configured = run(Owner::Root, now, |vm, host, out| {
-        let waking = vm.waking();
+        vm.set_waking(waking);
         vm.configure(root, &text, &env, seed, host, out)
             .map(|secrets| (secrets, waking))
     });
@@ -356,24 +459,31 @@ fn on_tick(root: u32) {
 }
 
 fn on_request_headers(ctx: u32) -> u32 {
-    let Some(root) = contexts(|c| c.http.get(&ctx).map(|h| h.root)).flatten() else {
+    let Some(root) = contexts(|c| c.take_root(ctx)).flatten() else {
         return CONTINUE; // not ours (a host without context_create?)
     };
     // Warm: every configured secret fresh by the clock of the last tick, no
     // trusted incoming headers to read. No host call but setting the headers.
-    let tick_clock = CLOCK.with(std::cell::Cell::get);
-    let warm = VM.with(|cell| {
+    let tick_clock = CLOCK.with(Cell::get);
+    // Served with the VM borrowed: setting a header does not call the filter.
+    let served = VM.with(|cell| {
         let mut vm = cell.try_borrow_mut().ok()?;
         if tick_clock == 0 {
             return None;
         }
-        vm.warm(root, tick_clock)
+        let rendered = vm.warm(root, tick_clock)?;
+        set_request_headers(rendered);
+        Some(keeps(rendered).then(|| Rc::clone(rendered)))
     });
-    if let Some(rendered) = warm {
-        go_on_with(ctx, rendered, false);
-        return CONTINUE;
+    match served {
+        Some(None) => return CONTINUE,
+        Some(Some(rendered)) => {
+            keep(ctx, rendered, From::Headers(root));
+            return CONTINUE;
+        }
+        None => {}
     }
-    contexts(|c| c.http.get_mut(&ctx).map(|h| h.engaged = true));
+    contexts(|c| c.entry(ctx, root).map(|h| h.engaged = true));
     let now = now_ms();
     let decision = run(Owner::Ctx(ctx), now, |vm, host, out| {
         let trusted = vm.trusted_headers(root);
@@ -401,7 +511,7 @@ fn on_request_headers(ctx: u32) -> u32 {
     };
     match decision {
         Decision::Continue(rendered) => {
-            go_on_with(ctx, rendered, false);
+            go_on_with(ctx, rendered, From::Headers(root));
             CONTINUE
         }
         Decision::Pause => {
@@ -490,7 +600,7 @@ fn on_http_call_response(token: u32, body_size: usize) {
     match own {
         Own::Untouched => {}
         Own::Resumed(rendered) => {
-            go_on_with(ctx, rendered, true);
+            go_on_with(ctx, rendered, From::Paused);
             abi::resume_http_request();
         }
         Own::Rejected => {
