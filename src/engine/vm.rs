@@ -151,7 +151,17 @@ impl Vm {
     /// The warm path of [`Engine::warm`] for a request of root `root`.
     #[inline]
     pub fn warm(&mut self, root: u32, now: u64) -> Option<&std::rc::Rc<super::Rendered>> {
-        self.roots.get_mut(&root)?.warm(now)
+        // One configuration per VM is the common case: no search.
+        let engine = if self.roots.len() == 1 {
+            self.roots
+                .iter_mut()
+                .next()
+                .filter(|(key, _)| **key == root)
+                .map(|(_, engine)| engine)
+        } else {
+            self.roots.get_mut(&root)
+        };
+        engine?.warm(now)
     }
 
     /// A request of root `root` arrived.

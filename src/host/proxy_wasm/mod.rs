@@ -127,9 +127,33 @@ impl Contexts {
     fn delete(&mut self, ctx: u32) {
         if matches!(self.newest, Some((c, _)) if c == ctx) {
             self.newest = None;
-        } else if self.http.remove(&ctx).is_none() {
+        } else if self.http_mut(ctx).is_some() {
+            self.http.remove(&ctx);
+        } else if self.is_root(ctx) {
             self.roots.remove(&ctx);
         }
+    }
+
+    // The lookups every request makes, inline: the table is empty while
+    // requests are served warm, and there are few roots.
+
+    #[inline(always)]
+    fn http_mut(&mut self, ctx: u32) -> Option<&mut Http> {
+        if self.http.is_empty() {
+            None
+        } else {
+            self.http.get_mut(&ctx)
+        }
+    }
+
+    #[inline(always)]
+    fn is_root(&self, ctx: u32) -> bool {
+        for (root, _) in self.roots.as_slice() {
+            if *root == ctx {
+                return true;
+            }
+        }
+        false
     }
 }
 
@@ -530,7 +554,7 @@ fn on_request_headers(ctx: u32) -> u32 {
 
 fn on_response_headers(ctx: u32) -> u32 {
     let Some((root, paused, rendered)) = contexts(|c| {
-        c.http.get_mut(&ctx).map(|h| {
+        c.http_mut(ctx).map(|h| {
             let paused = std::mem::take(&mut h.paused);
             (h.root, paused, h.response.take())
         })
@@ -611,8 +635,8 @@ fn on_http_call_response(token: u32, body_size: usize) {
 }
 
 fn on_done(ctx: u32) {
-    let http = |c: &mut Contexts| c.http.get(&ctx).map(|h| (h.root, h.engaged));
-    match contexts(|c| (http(c), c.roots.contains_key(&ctx))) {
+    let http = |c: &mut Contexts| c.http_mut(ctx).map(|h| (h.root, h.engaged));
+    match contexts(|c| (http(c), c.is_root(ctx))) {
         // Served from the warm path: nothing of it in the engine.
         Some((Some((_, false)), _)) => {}
         Some((Some((root, true)), _)) => VM.with(|cell| {
