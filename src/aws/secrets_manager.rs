@@ -746,7 +746,7 @@ pub fn extract_key(secret_string: &str, key: &str) -> Result<String, KeyError> {
 
 /// A `SecretString` holding a JSON object, parsed (to take several keys).
 pub fn parse_object(secret_string: &str) -> Result<serde_json::Map<String, Value>, KeyError> {
-    match serde_json::from_str(secret_string).map_err(|_| KeyError::NotJson)? {
+    match serde_json::from_slice(secret_string.as_bytes()).map_err(|_| KeyError::NotJson)? {
         Value::Object(fields) => Ok(fields),
         _ => Err(KeyError::NotAnObject),
     }

@@ -111,8 +111,8 @@ impl Config {
         if text.trim().is_empty() {
             return Err("configuration is empty: expected a JSON object".into());
         }
-        let root: Value =
-            serde_json::from_str(text).map_err(|e| format!("configuration is not JSON: {e}"))?;
+        let root: Value = serde_json::from_slice(text.as_bytes())
+            .map_err(|e| format!("configuration is not JSON: {e}"))?;
         let top = object(&root, "configuration")?;
         for name in top.keys() {
             if !TOP_LEVEL_FIELDS.contains(&name.as_str()) {
