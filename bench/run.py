@@ -459,6 +459,29 @@ def requests_on_new_connections(port: int, n: int, expected: str | None) -> int:
     return bad
 
 
+def malloc_kib(envoy: Envoy) -> dict[str, int]:
+    """Envoy's allocator (tcmalloc) from the admin /memory: in use by the application
+    (`allocated`), held from the OS (`heap_size`), and free memory kept in its caches."""
+    mem = envoy.http.get(f"{envoy.admin_url}/memory", timeout=5).json()
+    return {k: int(v) // 1024 for k, v in mem.items() if str(v).isdigit()}
+
+
+def startup_cpu_ms(pid: int) -> dict[str, int]:
+    """CPU time (ms) the Envoy used up to now (just started: loading the Wasm modules), per
+    thread name: V8 compiles a module on the main thread and its own worker threads."""
+    out: dict[str, int] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+        except OSError:
+            continue
+        name = stat[stat.index("(") + 1:stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2:].split()
+        out[name] = out.get(name, 0) + (int(fields[11]) + int(fields[12])) * 1000 // tick
+    return {k: v for k, v in sorted(out.items()) if v}
+
+
 def worker_connections(envoy: Envoy) -> dict[str, int]:
     """Connections each worker accepted on the listener (admin /stats)."""
     out: dict[str, int] = {}
@@ -472,8 +495,8 @@ def worker_connections(envoy: Envoy) -> dict[str, int]:
 def rss_after_requests(workdir: Path, *, proxy: CountingProxy, upstream_port: int, env: dict,
                        wasm: Path, floor_wasm: Path, n: int = RSS_REQUESTS) -> dict:
     """Envoy VmRSS/VmHWM after n requests, one dedicated Envoy (unpinned) per config and
-    worker count, started one at a time. The filter's V8 VMs (one per worker, plus the main
-    thread's) are most of the differences."""
+    worker count, started one at a time; with Envoy's allocator figures (admin /memory) and
+    the CPU its start took per thread (V8 compiles the modules then)."""
     out: dict = {"requests": n, "configs": RSS_CONFIGS, "workers": {}}
     for workers in RSS_WORKERS:
         row = {}
@@ -483,23 +506,84 @@ def rss_after_requests(workdir: Path, *, proxy: CountingProxy, upstream_port: in
                                        subdir=f"rss-w{workers}-{name}")
             envoy = start_envoy(path, lp, ap_, env, workers)
             try:
+                startup = startup_cpu_ms(envoy.proc.popen.pid)
                 bad = requests_on_new_connections(lp, n, EXPECTED.get(name))
                 if bad:
                     raise RuntimeError(f"RSS {name} ({workers} workers): {bad}/{n} requests "
                                        "without the expected header")
                 time.sleep(0.5)
                 row[name] = {**rss_kib(envoy.proc.popen.pid),
+                             "malloc_kib": malloc_kib(envoy),
+                             "startup_cpu_ms": startup,
                              "worker_connections": worker_connections(envoy)}
             finally:
                 envoy.stop()
+            m = row[name]["malloc_kib"]
             log(f"RSS {workers} worker(s) {name:10s} VmRSS {row[name]['VmRSS'] / 1024:6.1f} MiB"
-                f"  VmHWM {row[name]['VmHWM'] / 1024:6.1f} MiB  connections per worker "
-                f"{list(row[name]['worker_connections'].values())}")
+                f"  VmHWM {row[name]['VmHWM'] / 1024:6.1f} MiB  malloc: in use "
+                f"{m.get('allocated', 0) / 1024:.1f}, held {m.get('heap_size', 0) / 1024:.1f},"
+                f" cached free {m.get('total_thread_cache', 0) / 1024:.1f} (thread caches) MiB;"
+                f" startup CPU {sum(row[name]['startup_cpu_ms'].values())} ms; connections per"
+                f" worker {list(row[name]['worker_connections'].values())}")
         out["workers"][str(workers)] = row
     out["wasm_1ref_minus_floor_kib"] = {
         w: r["wasm_1ref"]["VmRSS"] - r["floor"]["VmRSS"] for w, r in out["workers"].items()}
     out["floor_minus_none_kib"] = {
         w: r["floor"]["VmRSS"] - r["none"]["VmRSS"] for w, r in out["workers"].items()}
+    out["wasm_1ref_minus_floor_malloc_kib"] = {
+        w: {k: r["wasm_1ref"]["malloc_kib"].get(k, 0) - r["floor"]["malloc_kib"].get(k, 0)
+            for k in r["floor"]["malloc_kib"]} for w, r in out["workers"].items()}
+    return out
+
+
+# --------------------------------------------------------------------------- wasm code
+
+def perf_unusable() -> str | None:
+    """Why `perf record` cannot sample processes here, or None."""
+    if not shutil.which("perf"):
+        return "perf is not installed"
+    with tempfile.NamedTemporaryFile(suffix=".data") as f:
+        r = subprocess.run(["perf", "record", "-q", "-e", "cpu-clock", "-o", f.name, "--",
+                            "true"], capture_output=True, text=True, timeout=30)
+    return None if r.returncode == 0 else f"perf record failed: {r.stderr.strip()[-200:]}"
+
+
+def wasm_code_cpu(wrk: str, suts: dict[str, Envoy], upstream: Envoy, *, samples: int,
+                  duration: float, connections: int, cpu_sut: set[int] | None,
+                  cpu_rest: set[int] | None, workdir: Path) -> dict:
+    """CPU per request in JIT-compiled code (V8's machine code for the module and its call
+    stubs: the `[JIT]` samples of `perf record -e cpu-clock`) while under the warm load,
+    `samples` times per config, alternating. Steadier than the Envoy's whole CPU per request:
+    what the module itself costs, without the rest of Envoy's work and its noise."""
+    why = perf_unusable()
+    if why:
+        return {"skipped": why}
+    out: dict = {c: [] for c in suts}
+    for i in range(samples):
+        for name, envoy in suts.items():
+            data = workdir / f"perf-{name}-{i}.data"
+            rec = subprocess.Popen(["perf", "record", "-q", "-e", "cpu-clock", "-F", "4999",
+                                    "-o", str(data), "-p", str(envoy.proc.popen.pid)],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(0.5)
+            m = measure(wrk, envoy, upstream, duration=duration, connections=connections,
+                        cpu_sut=cpu_sut, cpu_rest=cpu_rest)
+            rec.send_signal(2)  # SIGINT: perf writes its file and exits
+            rec.wait(timeout=60)
+            report = subprocess.run(["perf", "report", "-i", str(data), "--sort", "dso",
+                                     "--stdio"], capture_output=True, text=True,
+                                    timeout=120).stdout
+            jit = sum(float(line.split("%")[0]) for line in report.splitlines()
+                      if "[JIT]" in line and "%" in line)
+            out[name].append(round(jit / 100 * m["envoy_cpu_us_per_req"], 3))
+            data.unlink(missing_ok=True)
+            log(f"wasm code {name:10s} {out[name][-1]:.2f} µs/req in JIT code "
+                f"({jit:.2f}% of {m['envoy_cpu_us_per_req']:.1f} µs)")
+    med = statistics.median
+    out["median_us"] = {c: med(v) for c, v in out.items() if isinstance(v, list)}
+    if "floor" in suts and "wasm_1ref" in suts:
+        out["wasm_1ref_minus_floor_us"] = round(
+            out["median_us"]["wasm_1ref"] - out["median_us"]["floor"], 3)
     return out
 
 
@@ -881,6 +965,12 @@ def main():
             results["warm"] = {"rounds": per_round, **summarize(per_round, configs),
                                "get_secret_value_calls_during_rounds":
                                    len(proxy.get_secret_value_calls()) - fetches_before}
+            log("wasm code: perf samples of floor and wasm_1ref under the same load")
+            results["warm"]["wasm_code"] = wasm_code_cpu(
+                wrk, {n: suts[n] for n in ("floor", "wasm_1ref")}, upstream,
+                samples=1 if args.quick else 3, duration=duration,
+                connections=args.connections, cpu_sut=cpu_sut, cpu_rest=cpu_rest,
+                workdir=workdir)
             results["rss_kib_after_load"] = {n: rss_kib(e.proc.popen.pid) for n, e in suts.items()}
             for name in configs:
                 suts[name].stop()
@@ -1018,6 +1108,15 @@ def print_summary(res: dict):
         print(f"{k:20s} req/s ratio median {r['rps_median']:.3f} "
               f"[{r['rps_min']:.3f}..{r['rps_max']:.3f}]  "
               f"CPU/req ratio {r['cpu_per_req_median']:.3f}")
+    wc = res["warm"].get("wasm_code", {})
+    if "median_us" in wc:
+        print("CPU µs/req in JIT code (perf, median of "
+              f"{len(wc.get('floor', []))}): " + ", ".join(
+                  f"{c} {v:.2f}" for c, v in wc["median_us"].items())
+              + (f"; wasm_1ref − floor {wc['wasm_1ref_minus_floor_us']:+.2f}"
+                 if "wasm_1ref_minus_floor_us" in wc else ""))
+    elif wc:
+        print(f"CPU in JIT code: skipped ({wc.get('skipped')})")
     n = res["warm"]["noise"]
     print(f"noise: other processes used {n['foreign_util_on_envoy_cpu_median']:.0%} (median; max "
           f"{n['foreign_util_on_envoy_cpu_max']:.0%}) of the Envoy's CPU"
@@ -1037,6 +1136,13 @@ def print_summary(res: dict):
         print(f"Envoy VmRSS after {rss['requests']} requests, {workers} worker(s): "
               + ", ".join(f"{n} {v['VmRSS'] / 1024:.1f} MiB" for n, v in row.items())
               + f"; wasm_1ref - floor {rss['wasm_1ref_minus_floor_kib'][workers] / 1024:+.1f} MiB")
+        d = rss.get("wasm_1ref_minus_floor_malloc_kib", {}).get(workers)
+        if d:
+            print(f"  of which Envoy's malloc: in use {d.get('allocated', 0) / 1024:+.1f} MiB, "
+                  f"held {d.get('heap_size', 0) / 1024:+.1f} MiB (free in thread caches "
+                  f"{d.get('total_thread_cache', 0) / 1024:+.1f} MiB); startup CPU "
+                  + ", ".join(f"{n} {sum(v['startup_cpu_ms'].values())} ms"
+                              for n, v in row.items()))
     sig = res["sigv4_native"].get("functions", {})
     if sig:
         print("sigv4 native: " + ", ".join(f"{n} {v['median_us']:.1f} µs" for n, v in sig.items()))
