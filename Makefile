@@ -37,7 +37,7 @@ WASM_OPT      ?= 1
 # Inline a function with one caller only when it is small: Envoy's V8 compiles
 # the whole module with its optimizing compiler at load, and one huge function
 # (wasm-opt's default merges every single-caller chain) costs it megabytes of
-# memory that stay allocated (bench/README.md, "Memory").
+# memory that stay allocated (bench/README.md, "Results").
 WASM_OPT_FLAGS ?= --one-caller-inline-max-function-size 100
 APT_LOCK_WAIT ?= 300
 # apt-get waits for the dpkg lock with DPkg::Lock::Timeout; `apt-get update` does not wait
