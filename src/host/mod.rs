@@ -13,6 +13,7 @@ use crate::aws::{HttpRequest, HttpResponse};
 use crate::engine::vm::Vm;
 use crate::engine::{Action, CalloutResult, Level, Owner, Rendered, Waking};
 
+pub mod contexts;
 pub mod fake;
 #[cfg(target_arch = "wasm32")]
 pub mod proxy_wasm;

@@ -23,7 +23,7 @@
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
-use litemap::LiteMap;
+use super::contexts::Contexts;
 
 use super::{callout_headers, execute, Host, Own, SharedStore, StoreError};
 use crate::aws::HttpRequest;
@@ -75,111 +75,6 @@ static METRICS: Local<RefCell<Metrics>> = Local(RefCell::new(Metrics::new()));
 /// The time (ms) at the last callback that read the clock: every tick (25 ms)
 /// does. The warm path uses it instead of a host call.
 static CLOCK: Local<Cell<u64>> = Local(Cell::new(0));
-
-struct Contexts {
-    /// Root contexts: has the tick been started?
-    roots: LiteMap<u32, bool>,
-    /// Requests that keep state between callbacks.
-    http: LiteMap<u32, Http>,
-    /// The request context created last, with its root, while not in `http`:
-    /// a request served from the warm path keeps nothing, so it never enters
-    /// the table (its root is taken from here at its request headers). A
-    /// second creation before that moves the first into the table.
-    newest: Option<(u32, u32)>,
-}
-
-impl Contexts {
-    const fn new() -> Contexts {
-        Contexts {
-            roots: LiteMap::new(),
-            http: LiteMap::new(),
-            newest: None,
-        }
-    }
-
-    /// Request context `ctx` of root `root` was created.
-    fn create(&mut self, ctx: u32, root: u32) {
-        if let Some((older, its_root)) = self.newest.replace((ctx, root)) {
-            self.http.insert(older, Http::new(its_root));
-        }
-    }
-
-    /// The root of request `ctx`, at its request headers; it leaves `newest`.
-    fn take_root(&mut self, ctx: u32) -> Option<u32> {
-        match self.newest {
-            Some((c, root)) if c == ctx => {
-                self.newest = None;
-                Some(root)
-            }
-            _ => self.http.get(&ctx).map(|h| h.root),
-        }
-    }
-
-    /// Request `ctx`'s state, entered in the table if it is not there yet.
-    fn entry(&mut self, ctx: u32, root: u32) -> Option<&mut Http> {
-        if !self.http.contains_key(&ctx) {
-            self.http.insert(ctx, Http::new(root));
-        }
-        self.http.get_mut(&ctx)
-    }
-
-    /// Context `ctx` is deleted.
-    fn delete(&mut self, ctx: u32) {
-        if matches!(self.newest, Some((c, _)) if c == ctx) {
-            self.newest = None;
-        } else if self.http_mut(ctx).is_some() {
-            self.http.remove(&ctx);
-        } else if self.is_root(ctx) {
-            self.roots.remove(&ctx);
-        }
-    }
-
-    // The lookups every request makes, inline: the table is empty while
-    // requests are served warm, and there are few roots.
-
-    #[inline(always)]
-    fn http_mut(&mut self, ctx: u32) -> Option<&mut Http> {
-        if self.http.is_empty() {
-            None
-        } else {
-            self.http.get_mut(&ctx)
-        }
-    }
-
-    #[inline(always)]
-    fn is_root(&self, ctx: u32) -> bool {
-        for (root, _) in self.roots.as_slice() {
-            if *root == ctx {
-                return true;
-            }
-        }
-        false
-    }
-}
-
-/// One HTTP request's state.
-struct Http {
-    /// The root context (configuration) this request belongs to.
-    root: u32,
-    /// Response headers to set, once resumed.
-    response: Option<Rc<Rendered>>,
-    /// Paused by this filter and not yet resumed or answered by it.
-    paused: bool,
-    /// Went through the engine (not the warm path): it may be waiting or own
-    /// callouts, so the engine must hear when it ends.
-    engaged: bool,
-}
-
-impl Http {
-    fn new(root: u32) -> Http {
-        Http {
-            root,
-            response: None,
-            paused: false,
-            engaged: false,
-        }
-    }
-}
 
 /// Run `f` on the context table, if it is not busy (re-entered).
 fn contexts<R>(f: impl FnOnce(&mut Contexts) -> R) -> Option<R> {
