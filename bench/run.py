@@ -177,10 +177,15 @@ def machine_info(wrk: str) -> dict:
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
+def stat_cpu_ticks(stat: str) -> int:
+    """utime + stime (clock ticks) from the text of a /proc/.../stat file."""
+    fields = stat.rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
 def proc_cpu_s(pid: int) -> float:
     """utime + stime of a whole process (all threads), seconds."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return stat_cpu_ticks(Path(f"/proc/{pid}/stat").read_text()) / CLK_TCK
 
 
 def cpu_busy_s(cpu: int) -> tuple[float, float]:
@@ -470,15 +475,13 @@ def startup_cpu_ms(pid: int) -> dict[str, int]:
     """CPU time (ms) the Envoy used up to now (just started: loading the Wasm modules), per
     thread name: V8 compiles a module on the main thread and its own worker threads."""
     out: dict[str, int] = {}
-    tick = os.sysconf("SC_CLK_TCK")
     for tid in os.listdir(f"/proc/{pid}/task"):
         try:
             stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
         except OSError:
             continue
         name = stat[stat.index("(") + 1:stat.rindex(")")]
-        fields = stat[stat.rindex(")") + 2:].split()
-        out[name] = out.get(name, 0) + (int(fields[11]) + int(fields[12])) * 1000 // tick
+        out[name] = out.get(name, 0) + stat_cpu_ticks(stat) * 1000 // CLK_TCK
     return {k: v for k, v in sorted(out.items()) if v}
 
 

@@ -211,11 +211,9 @@ pub struct Engine {
     waking: Waking,
     /// Admission of new secrets named by requests.
     admission: incoming::Admission,
-    /// Until when every configured secret is fresh (computed on demand).
-    fresh_until: Option<u64>,
-    /// The warm path's answer: until when it holds, and the headers. Made by
-    /// the first warm request after a change, dropped with every change of a
-    /// secret's entry (like `fresh_until`), so a warm request reads only this.
+    /// The warm path's answer: until when every configured secret is fresh,
+    /// and the headers. Made by the first warm request after a change, dropped
+    /// with every change of a secret's entry, so a warm request reads only this.
     warm: Option<(u64, Rc<Rendered>)>,
     /// Spread ttl refreshes (off only in simulations that compare).
     jitter: bool,
@@ -254,7 +252,6 @@ impl Engine {
             gen: 0,
             waking: Waking::AnyContext,
             admission: incoming::Admission::default(),
-            fresh_until: None,
             warm: None,
             jitter: true,
             stats: Stats::default(),
@@ -401,20 +398,13 @@ impl Engine {
         if !self.config.resolve_incoming_headers.is_empty() {
             return false; // the request's own headers must be read
         }
-        let fresh_until = match self.fresh_until {
-            Some(t) => t,
-            None => {
-                let t = self
-                    .secrets
-                    .iter()
-                    .take(self.configured)
-                    .map(|s| s.entry.as_ref().map_or(0, Entry::fresh_until))
-                    .min()
-                    .unwrap_or(u64::MAX);
-                self.fresh_until = Some(t);
-                t
-            }
-        };
+        let fresh_until = self
+            .secrets
+            .iter()
+            .take(self.configured)
+            .map(|s| s.entry.as_ref().map_or(0, Entry::fresh_until))
+            .min()
+            .unwrap_or(u64::MAX);
         let Ok(rendered) = self.render() else {
             return false;
         };

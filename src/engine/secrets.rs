@@ -262,7 +262,6 @@ impl Engine {
             s.entry = Some(entry);
             s.early_ms = early;
         }
-        self.fresh_until = None;
         self.warm = None;
         self.dirty = true;
         if changed_value {

@@ -4,7 +4,7 @@
 
 /// Counters for metrics; the host shell publishes them as proxy-wasm
 /// counters named `aws_vault.<field>` (failures: `aws_vault.fetches_failed.<reason>`).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Stats {
     /// Requests whose secrets were all cached (no pause).
     pub cache_hits: u64,
@@ -24,8 +24,14 @@ pub struct Stats {
     pub fetches_failed: [u64; FAILURE_REASONS.len()],
 }
 
+impl Default for Stats {
+    fn default() -> Stats {
+        Stats::ZERO
+    }
+}
+
 impl Stats {
-    /// All counters at zero (`Default`, usable in a `const`).
+    /// All counters at zero (the `Default`, usable in a `const`).
     pub const ZERO: Stats = Stats {
         cache_hits: 0,
         cache_misses: 0,

@@ -205,7 +205,7 @@ fn keep(ctx: u32, rendered: Rc<Rendered>, from: From) {
     if keep || from == From::Paused {
         contexts(|c| {
             let http = match from {
-                From::Headers(root) => c.entry(ctx, root),
+                From::Headers(root) => Some(c.entry(ctx, root)),
                 From::Paused => c.http.get_mut(&ctx),
             };
             if let Some(h) = http {
@@ -402,7 +402,7 @@ fn on_request_headers(ctx: u32) -> u32 {
         }
         None => {}
     }
-    contexts(|c| c.entry(ctx, root).map(|h| h.engaged = true));
+    contexts(|c| c.entry(ctx, root).engaged = true);
     let now = now_ms();
     let decision = run(Owner::Ctx(ctx), now, |vm, host, out| {
         let trusted = vm.trusted_headers(root);
