@@ -478,6 +478,7 @@ fn trim_error_code(raw: &str) -> String {
 }
 
 /// Kind from the code first, then from the status.
+#[inline(never)] // see Config::fields
 fn classify(code: &str, status: u16) -> ErrorKind {
     match code {
         "ResourceNotFoundException" => return ErrorKind::NotFound,
@@ -522,6 +523,7 @@ fn classify(code: &str, status: u16) -> ErrorKind {
 /// A tolerant scan for the XML error shapes (`<ErrorResponse><Error>`,
 /// `<ErrorResponse><Errors><Error>`, `<Response><Errors><Error>`): the
 /// `Code` and `Message` inside the first `<Error>` element.
+#[inline(never)] // see Config::fields
 fn xml_error(body: &str) -> Option<(String, String)> {
     let body = body.trim_start_matches('\u{feff}').trim_start();
     if !body.starts_with('<') {
@@ -554,6 +556,7 @@ fn xml_element_text(scope: &str, name: &str) -> Option<String> {
     Some(xml_unescape(text))
 }
 
+#[inline(never)] // see Config::fields
 fn xml_unescape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;

@@ -279,6 +279,7 @@ fn split_path(path_and_query: &str) -> (&str, Option<&str>) {
 
 /// RFC 3986 dot-segment removal as aws-sigv4 does it: also drops empty
 /// segments (`//`), keeps a trailing slash.
+#[inline(never)] // see Config::fields
 fn normalize_path(path: &str) -> Cow<'_, str> {
     if !path.contains('.') && !path.contains("//") {
         return Cow::Borrowed(path);

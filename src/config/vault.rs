@@ -103,6 +103,7 @@ impl VaultSettings {
         Ok(())
     }
 
+    #[inline(never)] // see Config::fields
     pub(super) fn unset(&mut self, name: &str) {
         match name {
             "region" => self.region = None,

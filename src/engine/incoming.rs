@@ -88,6 +88,7 @@ impl Admission {
 
 impl Engine {
     /// Compile the templates found in trusted incoming headers.
+    #[inline(never)] // see Config::fields
     pub(super) fn compile_incoming(
         &mut self,
         incoming: &[(&str, &str)],
@@ -173,6 +174,7 @@ impl Engine {
 
     /// The secret `target` names, tracked from now on if it is not yet.
     /// `pinned`: secrets this request already uses (never evicted for it).
+    #[inline(never)] // see Config::fields
     fn incoming_secret(
         &mut self,
         target: crate::config::SecretTarget,
@@ -311,6 +313,7 @@ impl Engine {
     }
 
     /// The header-safe value of `key` (or the whole value) of secret `i`.
+    #[inline(never)] // see Config::fields
     fn key_value(&mut self, i: usize, key: Option<&str>) -> Result<String, String> {
         let s = self.secrets.get_mut(i).ok_or("internal: unknown secret")?;
         let value = s

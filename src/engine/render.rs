@@ -41,6 +41,7 @@ impl Engine {
     }
 
     /// Turn a configured template into parts, registering its secrets.
+    #[inline(never)] // see Config::fields
     fn compile_template(
         &mut self,
         config: &Config,
@@ -108,6 +109,7 @@ impl Engine {
     /// Recompute the header-safe values of every configured reference to
     /// secret `i` (the JSON parsed once), and forget the keys derived for
     /// incoming references.
+    #[inline(never)] // see Config::fields
     pub(super) fn derive(&mut self, i: usize) {
         let Some(s) = self.secrets.get_mut(i) else {
             return;

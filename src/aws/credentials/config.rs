@@ -138,6 +138,7 @@ impl CredentialsConfig {
         Ok(c)
     }
 
+    #[inline(never)] // see Config::fields
     fn set(&mut self, name: &str, v: &Value) -> Result<(), String> {
         match name {
             "source" => self.source = source(string(v)?)?,

@@ -116,6 +116,7 @@ impl ContainerFetch {
     }
 }
 
+#[inline(never)] // see Config::fields
 fn setup(config: &CredentialsConfig, env: Env) -> Setup<Target> {
     const REL: &str = "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI";
     const FULL: &str = "AWS_CONTAINER_CREDENTIALS_FULL_URI";

@@ -178,6 +178,7 @@ impl ImdsFetch {
         Step::Send(self.request("GET", path, headers))
     }
 
+    #[inline(never)] // see Config::fields
     fn on_token(&mut self, result: Result<HttpResponse, String>, now: u64) -> Step {
         let why = match result {
             Ok(resp) if resp.status == 200 => {
@@ -235,6 +236,7 @@ impl ImdsFetch {
         }
     }
 
+    #[inline(never)] // see Config::fields
     fn on_role(&mut self, result: Result<HttpResponse, String>) -> Step {
         match result {
             Err(e) => Step::Fail(format!("IMDS callout failed: {}", scrub(&e, &[], 200))),

@@ -122,6 +122,7 @@ impl WebIdentityFetch {
     }
 }
 
+#[inline(never)] // see Config::fields
 fn setup(config: &CredentialsConfig, env: Env) -> Setup<Target> {
     let token = TokenSettings {
         url: config.web_identity_token_url.as_ref(),

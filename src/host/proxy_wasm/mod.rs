@@ -316,6 +316,7 @@ impl Metrics {
 
 // ------------------------------------------------------------------- callbacks
 
+#[inline(never)] // see Config::fields
 fn on_configure(root: u32) -> bool {
     let bytes = abi::buffer(abi::BUFFER_PLUGIN_CONFIGURATION, usize::MAX);
     let text = String::from_utf8_lossy(&bytes);
@@ -365,6 +366,7 @@ fn on_configure(root: u32) -> bool {
     }
 }
 
+#[inline(never)] // see Config::fields
 fn on_tick(root: u32) {
     let now = now_ms();
     run(Owner::Root, now, |vm, host, out| {
@@ -494,6 +496,7 @@ fn on_response_headers(ctx: u32) -> u32 {
     CONTINUE
 }
 
+#[inline(never)] // see Config::fields
 fn on_http_call_response(token: u32, body_size: usize) {
     // The host calls back on the root context; the callout belongs to the
     // context that sent it, which must be the one acted on.
