@@ -285,6 +285,7 @@ impl Metrics {
 
     /// Report counter increases since last time, for the whole VM. Batched
     /// from the tick: the hot path makes no host call for metrics.
+    #[inline(never)] // see Config::fields
     fn publish(&mut self, now: u64) {
         if now < self.next_at {
             return;
@@ -404,6 +405,14 @@ fn on_request_headers(ctx: u32) -> u32 {
         }
         None => {}
     }
+    on_request_headers_cold(ctx, root)
+}
+
+/// A request not served warm: the engine decides (fetch, pause, reject). Out
+/// of line so that the warm path above stays a small function (see
+/// Config::fields for why function size matters).
+#[inline(never)]
+fn on_request_headers_cold(ctx: u32, root: u32) -> u32 {
     contexts(|c| c.entry(ctx, root).engaged = true);
     let now = now_ms();
     let decision = run(Owner::Ctx(ctx), now, |vm, host, out| {
