@@ -161,7 +161,15 @@ impl Entry {
     /// Decode an entry, accepting it only if it is of this format and for `key`.
     pub fn decode(bytes: &[u8], key: &str) -> Option<Entry> {
         let mut r = Reader::new(bytes, b'E')?;
-        let entry = Entry {
+        let entry = Entry::read(&mut r)?;
+        r.end()?;
+        (entry.key == key).then_some(entry)
+    }
+
+    /// The fields of an entry, in [`Entry::encode`]'s order.
+    #[inline(never)] // see Config::fields
+    fn read(r: &mut Reader) -> Option<Entry> {
+        Some(Entry {
             v: FORMAT,
             key: r.str()?,
             updated_at: r.u64()?,
@@ -174,9 +182,7 @@ impl Entry {
             failures: r.u32()?,
             retry_at: r.u64()?,
             forced_at: r.u64()?,
-        };
-        r.end()?;
-        (entry.key == key).then_some(entry)
+        })
     }
 }
 

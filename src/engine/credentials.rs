@@ -87,6 +87,7 @@ impl Engine {
 
     /// Temporary credentials another VM published, if no refresh is due;
     /// `Err(valid)` when a refresh is due (`valid`: still usable meanwhile).
+    #[inline(never)] // see Config::fields
     fn shared_credentials(
         &mut self,
         slot: Slot,
@@ -181,6 +182,7 @@ impl Engine {
 
     /// Publish what the provider handed out (temporary credentials only),
     /// and give the lease back unless a refresh is still in flight.
+    #[inline(never)] // see Config::fields
     fn share_credentials(
         &mut self,
         slot: Slot,

@@ -23,7 +23,8 @@ use super::{Engine, Rendered};
 use crate::aws::secrets_manager;
 use crate::cache::SharedStore;
 use crate::config::Resolved;
-use crate::template::Segment;
+use crate::reference::Reference;
+use crate::template::{Segment, Template};
 
 /// Most secrets named only by requests, per root and worker.
 pub const MAX_SECRETS: usize = 64;
@@ -95,81 +96,99 @@ impl Engine {
         now: u64,
         store: &dyn SharedStore,
     ) -> Result<Vec<IncomingHeader>, String> {
-        for (k, (name, _)) in incoming.iter().enumerate() {
-            let again = incoming
-                .iter()
-                .skip(k + 1)
-                .any(|(other, _)| other.eq_ignore_ascii_case(name));
-            if again {
-                // Which value would the upstream see? Refuse rather than guess.
-                return Err(format!(
-                    "incoming header {} was sent more than once",
-                    crate::text::quoted(&name.to_ascii_lowercase())
-                ));
-            }
-        }
+        refuse_repeated(incoming)?;
         let mut extra = Vec::new();
         let mut references = 0usize;
         let mut pinned = Vec::new();
         for (name, value) in incoming {
-            let name = name.to_ascii_lowercase();
-            if value.len() > MAX_VALUE_LEN {
-                return Err(format!(
-                    "incoming header {name} is longer than {MAX_VALUE_LEN} bytes"
-                ));
-            }
-            let template = crate::template::parse(value)
-                .map_err(|e| format!("incoming header {name}: {e}"))?;
-            if !template.has_references() {
-                continue;
-            }
-            let mut parts = Vec::new();
-            for segment in template.segments {
-                let (text, reference) = match segment {
-                    Segment::Literal(text) => {
-                        parts.push(Part::Lit(text));
-                        continue;
-                    }
-                    Segment::Reference { text, reference } => (text, reference),
-                };
-                references += 1;
-                if references > MAX_REFERENCES {
-                    return Err(format!(
-                        "more than {MAX_REFERENCES} references in the request's headers"
-                    ));
-                }
-                let field = format!("incoming header {name}: {}", crate::text::quoted(&text));
-                if !reference.query.is_empty() {
-                    return Err(format!(
-                        "{field}: query overrides are not allowed in request headers"
-                    ));
-                }
-                let resolved = match self.config.resolve(&text, &reference) {
-                    Err(e) => return Err(format!("{field}: {e}")),
-                    Ok(Resolved::Env(_)) => {
-                        return Err(format!(
-                            "{field}: env vault references are not allowed in request headers"
-                        ))
-                    }
-                    Ok(Resolved::Aws(r)) => *r,
-                };
-                if resolved.target.secret_id.chars().any(char::is_control) {
-                    // No secret has such a name: not worth a call to AWS.
-                    return Err(format!("{field}: the secret id has control characters"));
-                }
-                let secret = self
-                    .incoming_secret(resolved.target, now, &pinned, store)
-                    .map_err(|e| format!("{field}: {e}"))?;
-                pinned.push(secret);
-                parts.push(Part::Ref {
-                    secret,
-                    key: resolved.key,
-                    text,
-                });
-            }
-            extra.push(IncomingHeader { name, parts });
+            let header = self.compile_incoming_header(
+                name,
+                value,
+                now,
+                store,
+                &mut references,
+                &mut pinned,
+            )?;
+            extra.extend(header);
         }
         Ok(extra)
+    }
+
+    /// One trusted incoming header compiled; `None` when it has no reference.
+    /// `references`: counted across the request; `pinned`: its secrets so far.
+    #[inline(never)] // see Config::fields
+    fn compile_incoming_header(
+        &mut self,
+        name: &str,
+        value: &str,
+        now: u64,
+        store: &dyn SharedStore,
+        references: &mut usize,
+        pinned: &mut Vec<usize>,
+    ) -> Result<Option<IncomingHeader>, String> {
+        let name = name.to_ascii_lowercase();
+        let template = incoming_template(&name, value)?;
+        if !template.has_references() {
+            return Ok(None);
+        }
+        let mut parts = Vec::new();
+        for segment in template.segments {
+            let (text, reference) = match segment {
+                Segment::Literal(text) => {
+                    parts.push(Part::Lit(text));
+                    continue;
+                }
+                Segment::Reference { text, reference } => (text, reference),
+            };
+            *references += 1;
+            if *references > MAX_REFERENCES {
+                return Err(format!(
+                    "more than {MAX_REFERENCES} references in the request's headers"
+                ));
+            }
+            let (secret, key) =
+                self.incoming_reference(&name, &text, &reference, now, pinned, store)?;
+            pinned.push(secret);
+            parts.push(Part::Ref { secret, key, text });
+        }
+        Ok(Some(IncomingHeader { name, parts }))
+    }
+
+    /// The secret (tracked from now on) and key that reference `text` in
+    /// incoming header `name` names; `Err` when a request may not name it.
+    #[inline(never)] // see Config::fields
+    fn incoming_reference(
+        &mut self,
+        name: &str,
+        text: &str,
+        reference: &Reference,
+        now: u64,
+        pinned: &[usize],
+        store: &dyn SharedStore,
+    ) -> Result<(usize, Option<String>), String> {
+        let field = format!("incoming header {name}: {}", crate::text::quoted(text));
+        if !reference.query.is_empty() {
+            return Err(format!(
+                "{field}: query overrides are not allowed in request headers"
+            ));
+        }
+        let resolved = match self.config.resolve(text, reference) {
+            Err(e) => return Err(format!("{field}: {e}")),
+            Ok(Resolved::Env(_)) => {
+                return Err(format!(
+                    "{field}: env vault references are not allowed in request headers"
+                ))
+            }
+            Ok(Resolved::Aws(r)) => *r,
+        };
+        if resolved.target.secret_id.chars().any(char::is_control) {
+            // No secret has such a name: not worth a call to AWS.
+            return Err(format!("{field}: the secret id has control characters"));
+        }
+        let secret = self
+            .incoming_secret(resolved.target, now, pinned, store)
+            .map_err(|e| format!("{field}: {e}"))?;
+        Ok((secret, resolved.key))
     }
 
     /// The secret `target` names, tracked from now on if it is not yet.
@@ -283,33 +302,33 @@ impl Engine {
         }
         let mut rendered = (*base).clone();
         if !self.config.refresh_on_status.is_empty() {
-            for secret in extra.iter().flat_map(|h| &h.parts).filter_map(|p| match p {
-                Part::Ref { secret, .. } => Some(*secret),
-                Part::Lit(_) => None,
-            }) {
-                if !rendered.used.contains(&secret) {
-                    rendered.used.push(secret);
-                }
-            }
+            add_used(&mut rendered.used, extra);
         }
         for h in extra {
-            let mut value = String::new();
-            for part in &h.parts {
-                match part {
-                    Part::Lit(text) => value.push_str(text),
-                    Part::Ref { secret, key, text } => {
-                        let v = self.key_value(*secret, key.as_deref()).map_err(|e| {
-                            format!("reference {} failed: {e}", crate::text::quoted(text))
-                        })?;
-                        value.push_str(&v);
-                    }
-                }
-            }
+            let value = self.incoming_value(h)?;
             let (name, value) = checked_header(&h.name, value)?;
             rendered.request.retain(|(n, _)| *n != name);
             rendered.request.push((name, value));
         }
         Ok(Rc::new(rendered))
+    }
+
+    /// Incoming header `h` rendered (before [`checked_header`]).
+    #[inline(never)] // see Config::fields
+    fn incoming_value(&mut self, h: &IncomingHeader) -> Result<String, String> {
+        let mut value = String::new();
+        for part in &h.parts {
+            match part {
+                Part::Lit(text) => value.push_str(text),
+                Part::Ref { secret, key, text } => {
+                    let v = self.key_value(*secret, key.as_deref()).map_err(|e| {
+                        format!("reference {} failed: {e}", crate::text::quoted(text))
+                    })?;
+                    value.push_str(&v);
+                }
+            }
+        }
+        Ok(value)
     }
 
     /// The header-safe value of `key` (or the whole value) of secret `i`.
@@ -338,6 +357,49 @@ impl Engine {
         }
         s.keys.push((key.to_string(), derived.clone()));
         derived
+    }
+}
+
+/// Refuse a request that sends one trusted header more than once.
+#[inline(never)] // see Config::fields
+fn refuse_repeated(incoming: &[(&str, &str)]) -> Result<(), String> {
+    for (k, (name, _)) in incoming.iter().enumerate() {
+        let again = incoming
+            .iter()
+            .skip(k + 1)
+            .any(|(other, _)| other.eq_ignore_ascii_case(name));
+        if again {
+            // Which value would the upstream see? Refuse rather than guess.
+            return Err(format!(
+                "incoming header {} was sent more than once",
+                crate::text::quoted(&name.to_ascii_lowercase())
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The template in the value of trusted incoming header `name`.
+#[inline(never)] // see Config::fields
+fn incoming_template(name: &str, value: &str) -> Result<Template, String> {
+    if value.len() > MAX_VALUE_LEN {
+        return Err(format!(
+            "incoming header {name} is longer than {MAX_VALUE_LEN} bytes"
+        ));
+    }
+    crate::template::parse(value).map_err(|e| format!("incoming header {name}: {e}"))
+}
+
+/// Add the secrets `extra` headers use to `used` (once each).
+#[inline(never)] // see Config::fields
+fn add_used(used: &mut Vec<usize>, extra: &[IncomingHeader]) {
+    for secret in extra.iter().flat_map(|h| &h.parts).filter_map(|p| match p {
+        Part::Ref { secret, .. } => Some(*secret),
+        Part::Lit(_) => None,
+    }) {
+        if !used.contains(&secret) {
+            used.push(secret);
+        }
     }
 }
 

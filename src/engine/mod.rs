@@ -231,7 +231,19 @@ impl Engine {
         env: &dyn Fn(&str) -> Option<String>,
         seed: u64,
     ) -> Result<Engine, String> {
-        let mut engine = Engine {
+        let mut engine = Engine::empty(config, env, seed);
+        engine.compile_headers(config, env)?;
+        engine.configured = engine.secrets.len();
+        engine
+            .cred_slots
+            .insert(Slot::Base, base_credentials_slot(config, env));
+        Ok(engine)
+    }
+
+    /// An engine for `config` with no header compiled yet.
+    #[inline(never)] // see Config::fields
+    fn empty(config: &Config, env: &dyn Fn(&str) -> Option<String>, seed: u64) -> Engine {
+        Engine {
             config: config.clone(),
             configured: 0,
             secrets: Vec::new(),
@@ -255,26 +267,25 @@ impl Engine {
             warm: None,
             jitter: true,
             stats: Stats::default(),
-        };
+        }
+    }
+
+    /// Compile the configured request and response headers.
+    #[inline(never)] // see Config::fields
+    fn compile_headers(
+        &mut self,
+        config: &Config,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<(), String> {
         for h in &config.request_headers {
-            let compiled = engine.compile(config, h, env)?;
-            engine.request.push(compiled);
+            let compiled = self.compile(config, h, env)?;
+            self.request.push(compiled);
         }
         for h in &config.response_headers {
-            let compiled = engine.compile(config, h, env)?;
-            engine.response.push(compiled);
+            let compiled = self.compile(config, h, env)?;
+            self.response.push(compiled);
         }
-        engine.configured = engine.secrets.len();
-        let base = format!("base|{}", config.credentials.source.as_str());
-        let mut base_slot = CredSlot::new(base);
-        // Keys in the environment are static: nothing to share, no lease.
-        use crate::aws::credentials::Source;
-        let env_keys = env("AWS_ACCESS_KEY_ID").is_some_and(|v| !v.is_empty())
-            && env("AWS_SECRET_ACCESS_KEY").is_some_and(|v| !v.is_empty());
-        base_slot.is_static =
-            env_keys && matches!(config.credentials.source, Source::Env | Source::Chain);
-        engine.cred_slots.insert(Slot::Base, base_slot);
-        Ok(engine)
+        Ok(())
     }
 
     /// The same engine serving root context `root`, generation `gen`, on a
@@ -482,24 +493,7 @@ impl Engine {
         match f.kind {
             FetchKind::WakeUp => self.dirty = true,
             FetchKind::Credentials { id, .. } => {
-                let result = match result {
-                    CalloutResult::Response(r) => Ok(r),
-                    CalloutResult::Failed(why) => Err(why),
-                };
-                match self.credentials.on_response(id, result, now) {
-                    Update::Failed { reason, .. } => out.push(Action::Log {
-                        level: Level::Warn,
-                        message: format!("getting AWS credentials failed: {reason}"),
-                    }),
-                    Update::Refreshed { .. } => out.push(Action::Log {
-                        level: Level::Info,
-                        message: "AWS credentials refreshed".into(),
-                    }),
-                    Update::Progress | Update::Ignored => {}
-                }
-                // More steps (IMDS), and fetches that waited for credentials.
-                self.drive_credentials(now, store, active, out);
-                self.dirty = true;
+                self.credentials_answer(id, result, now, store, active, out);
             }
             FetchKind::Secret {
                 secret,
@@ -522,6 +516,37 @@ impl Engine {
             }
         }
         self.flush(now, store, active, out);
+    }
+
+    /// The answer to credentials provider callout `id`.
+    #[inline(never)] // see Config::fields
+    fn credentials_answer(
+        &mut self,
+        id: u64,
+        result: CalloutResult,
+        now: u64,
+        store: &mut dyn SharedStore,
+        active: Owner,
+        out: &mut Vec<Action>,
+    ) {
+        let result = match result {
+            CalloutResult::Response(r) => Ok(r),
+            CalloutResult::Failed(why) => Err(why),
+        };
+        match self.credentials.on_response(id, result, now) {
+            Update::Failed { reason, .. } => out.push(Action::Log {
+                level: Level::Warn,
+                message: format!("getting AWS credentials failed: {reason}"),
+            }),
+            Update::Refreshed { .. } => out.push(Action::Log {
+                level: Level::Info,
+                message: "AWS credentials refreshed".into(),
+            }),
+            Update::Progress | Update::Ignored => {}
+        }
+        // More steps (IMDS), and fetches that waited for credentials.
+        self.drive_credentials(now, store, active, out);
+        self.dirty = true;
     }
 
     /// A dispatch the engine asked for could not even be sent.
@@ -647,6 +672,19 @@ impl Engine {
         }
         self.flush(now, store, Owner::Root, out);
     }
+}
+
+/// The base credentials' slot. Keys in the environment are static: nothing
+/// to share, no lease.
+#[inline(never)] // see Config::fields
+fn base_credentials_slot(config: &Config, env: &dyn Fn(&str) -> Option<String>) -> CredSlot {
+    use crate::aws::credentials::Source;
+    let base = format!("base|{}", config.credentials.source.as_str());
+    let mut slot = CredSlot::new(base);
+    let env_keys = env("AWS_ACCESS_KEY_ID").is_some_and(|v| !v.is_empty())
+        && env("AWS_SECRET_ACCESS_KEY").is_some_and(|v| !v.is_empty());
+    slot.is_static = env_keys && matches!(config.credentials.source, Source::Env | Source::Chain);
+    slot
 }
 
 #[cfg(test)]

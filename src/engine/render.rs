@@ -8,7 +8,8 @@ use std::rc::Rc;
 
 use super::{Engine, Rendered, MAX_HEADER_VALUE_LEN, MAX_SECRETS};
 use crate::aws::secrets_manager;
-use crate::config::{Config, EnvRef, HeaderTemplate, Resolved};
+use crate::config::{Config, EnvRef, HeaderTemplate, Resolved, SecretTarget};
+use crate::reference::Reference;
 use crate::template::Segment;
 
 pub(super) struct RefSlot {
@@ -53,50 +54,7 @@ impl Engine {
             match segment {
                 Segment::Literal(text) => parts.push(Part::Lit(text.clone())),
                 Segment::Reference { text, reference } => {
-                    let resolved = match config.resolve(text, reference) {
-                        Err(e) => return Err(format!("{text}: {e}")),
-                        Ok(Resolved::Aws(r)) => *r,
-                        Ok(Resolved::Env(r)) => {
-                            parts.push(Part::Lit(
-                                env_value(&r, env).map_err(|e| format!("{text}: {e}"))?,
-                            ));
-                            continue;
-                        }
-                    };
-                    let descriptor = resolved.target.descriptor();
-                    let secret = match self.secrets.iter().position(|s| s.descriptor == descriptor)
-                    {
-                        Some(i) => i,
-                        None => {
-                            if self.secrets.len() >= MAX_SECRETS {
-                                return Err(format!(
-                                    "{text}: too many distinct secrets (limit {MAX_SECRETS})"
-                                ));
-                            }
-                            let secret = self
-                                .new_secret(resolved.target, false, 0)
-                                .map_err(|e| format!("{text}: {e}"))?;
-                            self.secrets.push(secret);
-                            self.secrets.len() - 1
-                        }
-                    };
-                    let slot = match self
-                        .refs
-                        .iter()
-                        .position(|r| r.secret == secret && r.key == resolved.key)
-                    {
-                        Some(i) => i,
-                        None => {
-                            self.refs.push(RefSlot {
-                                text: text.clone(),
-                                secret,
-                                key: resolved.key,
-                                value: Err("not fetched yet".into()),
-                            });
-                            self.refs.len() - 1
-                        }
-                    };
-                    parts.push(Part::Ref(slot));
+                    parts.push(self.compile_reference(config, text, reference, env)?);
                 }
             }
         }
@@ -104,6 +62,64 @@ impl Engine {
             name: h.name.clone(),
             parts,
         })
+    }
+
+    /// A configured reference: an `env` one's value now, an AWS one's slot.
+    #[inline(never)] // see Config::fields
+    fn compile_reference(
+        &mut self,
+        config: &Config,
+        text: &str,
+        reference: &Reference,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Part, String> {
+        let resolved = match config.resolve(text, reference) {
+            Err(e) => return Err(format!("{text}: {e}")),
+            Ok(Resolved::Aws(r)) => *r,
+            Ok(Resolved::Env(r)) => {
+                let value = env_value(&r, env).map_err(|e| format!("{text}: {e}"))?;
+                return Ok(Part::Lit(value));
+            }
+        };
+        let secret = self.configured_secret(text, resolved.target)?;
+        Ok(Part::Ref(self.ref_slot(text, secret, resolved.key)))
+    }
+
+    /// The index of the secret `target` names, registered if new.
+    #[inline(never)] // see Config::fields
+    fn configured_secret(&mut self, text: &str, target: SecretTarget) -> Result<usize, String> {
+        let descriptor = target.descriptor();
+        if let Some(i) = self.secrets.iter().position(|s| s.descriptor == descriptor) {
+            return Ok(i);
+        }
+        if self.secrets.len() >= MAX_SECRETS {
+            return Err(format!(
+                "{text}: too many distinct secrets (limit {MAX_SECRETS})"
+            ));
+        }
+        let secret = self
+            .new_secret(target, false, 0)
+            .map_err(|e| format!("{text}: {e}"))?;
+        self.secrets.push(secret);
+        Ok(self.secrets.len() - 1)
+    }
+
+    /// The index of the reference slot for `key` of `secret`, added if new.
+    fn ref_slot(&mut self, text: &str, secret: usize, key: Option<String>) -> usize {
+        if let Some(i) = self
+            .refs
+            .iter()
+            .position(|r| r.secret == secret && r.key == key)
+        {
+            return i;
+        }
+        self.refs.push(RefSlot {
+            text: text.to_string(),
+            secret,
+            key,
+            value: Err("not fetched yet".into()),
+        });
+        self.refs.len() - 1
     }
 
     /// Recompute the header-safe values of every configured reference to
@@ -218,6 +234,7 @@ pub(super) fn checked_header(name: &str, value: String) -> Result<(String, Strin
 }
 
 /// The value of an `env` vault reference, checked like a fetched secret.
+#[inline(never)] // see Config::fields
 pub(super) fn env_value(
     r: &EnvRef,
     env: &dyn Fn(&str) -> Option<String>,

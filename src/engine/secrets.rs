@@ -64,31 +64,7 @@ impl Engine {
         let skey = cache::shared_key(&descriptor);
         let slot = match &target.assume_role_arn {
             None => Slot::Base,
-            Some(arn) => {
-                let t = &target;
-                let mut role = AssumeRoleSettings::new(arn, &t.region);
-                role.session_name = t.role_session_name.clone();
-                role.sts_endpoint = t.sts_endpoint.clone();
-                role.upstream = t.sts_upstream.clone();
-                role.timeout_ms = t.timeout_ms;
-                let key = format!(
-                    "role|{}|{}|{}|{}",
-                    role.role_arn,
-                    role.session_name,
-                    role.region,
-                    role.sts_endpoint
-                        .as_ref()
-                        .map_or("", |e| e.authority.as_str())
-                );
-                let slot = self
-                    .credentials
-                    .role(role)
-                    .map_err(|e| format!("assume_role_arn: {e}"))?;
-                self.cred_slots
-                    .entry(slot)
-                    .or_insert_with(|| CredSlot::new(key));
-                slot
-            }
+            Some(arn) => self.role_slot(arn, &target)?,
         };
         Ok(Secret {
             slot,
@@ -106,6 +82,33 @@ impl Engine {
             forcing: false,
             early_ms: 0,
         })
+    }
+
+    /// The credentials slot of the role `arn` that `t` assumes, added if new.
+    #[inline(never)] // see Config::fields
+    fn role_slot(&mut self, arn: &str, t: &SecretTarget) -> Result<Slot, String> {
+        let mut role = AssumeRoleSettings::new(arn, &t.region);
+        role.session_name = t.role_session_name.clone();
+        role.sts_endpoint = t.sts_endpoint.clone();
+        role.upstream = t.sts_upstream.clone();
+        role.timeout_ms = t.timeout_ms;
+        let key = format!(
+            "role|{}|{}|{}|{}",
+            role.role_arn,
+            role.session_name,
+            role.region,
+            role.sts_endpoint
+                .as_ref()
+                .map_or("", |e| e.authority.as_str())
+        );
+        let slot = self
+            .credentials
+            .role(role)
+            .map_err(|e| format!("assume_role_arn: {e}"))?;
+        self.cred_slots
+            .entry(slot)
+            .or_insert_with(|| CredSlot::new(key));
+        Ok(slot)
     }
 
     /// `aws/prod/db (AWSCURRENT)`: names a secret in logs, never its value.
@@ -453,22 +456,7 @@ impl Engine {
                     // Secrets Manager Agent does); a key cannot be taken from it.
                     Ok(SecretValue::Binary(base64)) => Ok((base64, true)),
                     Err(e) if e.kind == ErrorKind::Credentials && !retry => {
-                        // Expired or revoked credentials: drop them, fetch new
-                        // ones, and retry once (from the next evaluation).
-                        out.push(Action::Log {
-                            level: Level::Info,
-                            message: format!(
-                            "fetching {} was refused ({}): renewing credentials and retrying once",
-                            self.describe(i),
-                            e.code
-                        ),
-                        });
-                        self.credentials.invalidate(slot, Some(&used));
-                        self.invalidate_shared(slot, &used, store);
-                        if let Some(s) = self.secrets.get_mut(i) {
-                            s.retrying = true;
-                        }
-                        self.dirty = true;
+                        self.renew_credentials(i, slot, &used, &e.code, store, out);
                         return;
                     }
                     Err(e) => {
@@ -487,6 +475,34 @@ impl Engine {
         }
     }
 
+    /// AWS refused credentials `used` for secret `i` (expired or revoked):
+    /// drop them, fetch new ones, and retry once (from the next evaluation).
+    #[inline(never)] // see Config::fields
+    fn renew_credentials(
+        &mut self,
+        i: usize,
+        slot: Slot,
+        used: &Credentials,
+        code: &str,
+        store: &mut dyn SharedStore,
+        out: &mut Vec<Action>,
+    ) {
+        out.push(Action::Log {
+            level: Level::Info,
+            message: format!(
+                "fetching {} was refused ({code}): renewing credentials and retrying once",
+                self.describe(i)
+            ),
+        });
+        self.credentials.invalidate(slot, Some(used));
+        self.invalidate_shared(slot, used, store);
+        if let Some(s) = self.secrets.get_mut(i) {
+            s.retrying = true;
+        }
+        self.dirty = true;
+    }
+
+    #[inline(never)] // see Config::fields
     fn record_success(
         &mut self,
         i: usize,

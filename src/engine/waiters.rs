@@ -6,6 +6,7 @@
 use super::incoming::IncomingHeader;
 use super::secrets::Status;
 use super::{Action, Engine, FetchKind, Level, Owner, Waking, CALLOUT_GRACE_MS};
+use crate::aws::credentials::Slot;
 use crate::cache::SharedStore;
 
 /// A paused request: when it paused, and headers of its own (from trusted
@@ -49,8 +50,35 @@ impl Engine {
                     .is_none()
             })
             .collect();
-        // Secrets nobody fetches yet: fetch them all now.
-        for &i in &missing {
+        self.fetch_unfetched(&missing, now, store, owner, out)?;
+        if self.owns_callout(owner) {
+            return Ok(());
+        }
+        // Everything missing is on its way: a copy of the fetch expected to
+        // land last wakes this request when the rest has landed too.
+        let Some(&first) = missing.first() else {
+            return Ok(()); // all usable: the caller continues it
+        };
+        let last = missing
+            .iter()
+            .copied()
+            .max_by_key(|&i| self.in_flight(i).unwrap_or(0))
+            .unwrap_or(first);
+        self.wait_on_copy(last, now, store, owner, out)
+    }
+
+    /// [`Engine::wake`]: fetch from `owner`'s context the `missing` secrets
+    /// nobody fetches yet, all now.
+    #[inline(never)] // see Config::fields
+    fn fetch_unfetched(
+        &mut self,
+        missing: &[usize],
+        now: u64,
+        store: &mut dyn SharedStore,
+        owner: Owner,
+        out: &mut Vec<Action>,
+    ) -> Result<(), String> {
+        for &i in missing {
             if self.in_flight(i).is_some() {
                 continue;
             }
@@ -73,19 +101,21 @@ impl Engine {
                 }
             }
         }
-        if self.owns_callout(owner) {
-            return Ok(());
-        }
-        // Everything missing is on its way: a copy of the fetch expected to
-        // land last wakes this request when the rest has landed too.
-        let Some(&first) = missing.first() else {
-            return Ok(()); // all usable: the caller continues it
-        };
-        let last = missing
-            .iter()
-            .copied()
-            .max_by_key(|&i| self.in_flight(i).unwrap_or(0))
-            .unwrap_or(first);
+        Ok(())
+    }
+
+    /// [`Engine::wake`]: send from `owner`'s context a copy of secret
+    /// `last`'s fetch, or while its credentials are being fetched, a step
+    /// of their provider (its own, or a copy of the one in flight).
+    #[inline(never)] // see Config::fields
+    fn wait_on_copy(
+        &mut self,
+        last: usize,
+        now: u64,
+        store: &mut dyn SharedStore,
+        owner: Owner,
+        out: &mut Vec<Action>,
+    ) -> Result<(), String> {
         let Some(slot) = self.secrets.get(last).map(|s| s.slot) else {
             return Err("internal: unknown secret".into());
         };
@@ -98,28 +128,7 @@ impl Engine {
                 }
             }
             Ok(None) if self.owns_callout(owner) => Ok(()),
-            Ok(None) => {
-                let resend = self.fetches.values().find_map(|f| match &f.kind {
-                    FetchKind::Credentials { slot: s, sent, .. } if *s == slot => {
-                        Some(sent.clone())
-                    }
-                    _ => None,
-                });
-                let Some(sent) = resend else {
-                    return Err(format!(
-                        "{}: waiting for AWS credentials with no callout to wait on",
-                        self.describe(last)
-                    ));
-                };
-                let id = self.track(FetchKind::WakeUp, owner, now, sent.timeout_ms);
-                out.push(Action::Dispatch {
-                    call: self.call(id),
-                    upstream: sent.upstream,
-                    request: sent.request,
-                    timeout_ms: sent.timeout_ms,
-                });
-                Ok(())
-            }
+            Ok(None) => self.resend_credentials_step(last, slot, now, owner, out),
             Err(why) => {
                 self.stats.failed("credentials");
                 Err(format!(
@@ -128,6 +137,36 @@ impl Engine {
                 ))
             }
         }
+    }
+
+    /// A copy, from `owner`'s context, of the credentials callout in flight
+    /// for `slot` (which secret `last` waits on), sent only to wake it.
+    fn resend_credentials_step(
+        &mut self,
+        last: usize,
+        slot: Slot,
+        now: u64,
+        owner: Owner,
+        out: &mut Vec<Action>,
+    ) -> Result<(), String> {
+        let resend = self.fetches.values().find_map(|f| match &f.kind {
+            FetchKind::Credentials { slot: s, sent, .. } if *s == slot => Some(sent.clone()),
+            _ => None,
+        });
+        let Some(sent) = resend else {
+            return Err(format!(
+                "{}: waiting for AWS credentials with no callout to wait on",
+                self.describe(last)
+            ));
+        };
+        let id = self.track(FetchKind::WakeUp, owner, now, sent.timeout_ms);
+        out.push(Action::Dispatch {
+            call: self.call(id),
+            upstream: sent.upstream,
+            request: sent.request,
+            timeout_ms: sent.timeout_ms,
+        });
+        Ok(())
     }
 
     fn owns_callout(&self, owner: Owner) -> bool {
@@ -179,43 +218,60 @@ impl Engine {
                 let Some(waiter) = self.waiters.remove(&ctx) else {
                     continue;
                 };
-                let status = match &configured {
-                    Status::Usable if !waiter.extra.is_empty() => {
-                        let needs = self.extra_secrets(&waiter.extra);
-                        self.evaluate(&needs, now, store, owner, out)
+                self.resolve_waiter(ctx, waiter, &configured, now, store, owner, out);
+            }
+        }
+    }
+
+    /// [`Engine::flush`]: resume, fail or keep waiter `ctx` (taken out of
+    /// the waiters), given the configured secrets' `configured` status.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(never)] // see Config::fields
+    fn resolve_waiter(
+        &mut self,
+        ctx: u32,
+        waiter: Waiter,
+        configured: &Status,
+        now: u64,
+        store: &mut dyn SharedStore,
+        owner: Owner,
+        out: &mut Vec<Action>,
+    ) {
+        let status = match configured {
+            Status::Usable if !waiter.extra.is_empty() => {
+                let needs = self.extra_secrets(&waiter.extra);
+                self.evaluate(&needs, now, store, owner, out)
+            }
+            other => other.clone(),
+        };
+        // Kong: continued only from the answer to its last callout.
+        let status = match status {
+            Status::Usable
+                if self.waking == Waking::OwnCallbacks
+                    && self.fetches.values().any(|f| f.owner == Owner::Ctx(ctx)) =>
+            {
+                Status::Wait
+            }
+            other => other,
+        };
+        match status {
+            Status::Wait if now.saturating_sub(waiter.since) > self.max_wait_ms() => {
+                self.reject_log(Some(ctx), "timed out waiting for secrets", out);
+            }
+            Status::Wait => {
+                let needs = self.extra_secrets(&waiter.extra);
+                match self.wake(ctx, &needs, now, store, out) {
+                    Ok(()) => {
+                        self.waiters.insert(ctx, waiter);
                     }
-                    other => other.clone(),
-                };
-                // Kong: continued only from the answer to its last callout.
-                let status = match status {
-                    Status::Usable
-                        if self.waking == Waking::OwnCallbacks
-                            && self.fetches.values().any(|f| f.owner == Owner::Ctx(ctx)) =>
-                    {
-                        Status::Wait
-                    }
-                    other => other,
-                };
-                match status {
-                    Status::Wait if now.saturating_sub(waiter.since) > self.max_wait_ms() => {
-                        self.reject_log(Some(ctx), "timed out waiting for secrets", out);
-                    }
-                    Status::Wait => {
-                        let needs = self.extra_secrets(&waiter.extra);
-                        match self.wake(ctx, &needs, now, store, out) {
-                            Ok(()) => {
-                                self.waiters.insert(ctx, waiter);
-                            }
-                            Err(reason) => self.reject_log(Some(ctx), &reason, out),
-                        }
-                    }
-                    Status::Usable => match self.render_with(&waiter.extra) {
-                        Ok(headers) => out.push(Action::Resume { ctx, headers }),
-                        Err(reason) => self.reject_log(Some(ctx), &reason, out),
-                    },
-                    Status::Failed(reason) => self.reject_log(Some(ctx), &reason, out),
+                    Err(reason) => self.reject_log(Some(ctx), &reason, out),
                 }
             }
+            Status::Usable => match self.render_with(&waiter.extra) {
+                Ok(headers) => out.push(Action::Resume { ctx, headers }),
+                Err(reason) => self.reject_log(Some(ctx), &reason, out),
+            },
+            Status::Failed(reason) => self.reject_log(Some(ctx), &reason, out),
         }
     }
 

@@ -11,7 +11,7 @@ use std::rc::Rc;
 
 use crate::aws::{HttpRequest, HttpResponse};
 use crate::engine::vm::Vm;
-use crate::engine::{Action, CalloutResult, Level, Owner, Rendered, Waking};
+use crate::engine::{Action, CallRef, CalloutResult, Level, Owner, Rendered, Waking};
 
 pub mod contexts;
 pub mod fake;
@@ -79,24 +79,11 @@ pub fn execute<H: Host>(
                 upstream,
                 request,
                 timeout_ms,
-            } => match host.dispatch(&upstream, &request, timeout_ms) {
-                Ok(token) => {
-                    if let Ok(mut vm) = vm.try_borrow_mut() {
-                        vm.on_dispatched(token, call, active, timeout_ms, now);
-                    }
-                }
-                Err(why) => {
-                    let reason = format!(
-                        "dispatch to upstream '{}' refused ({why}): in Envoy, is there a cluster with that name?",
-                        crate::text::quoted(&upstream)
-                    );
-                    let mut out = Vec::new();
-                    if let Ok(mut vm) = vm.try_borrow_mut() {
-                        vm.on_dispatch_failed(call, reason, now, host, active, &mut out);
-                    }
-                    queue.extend(out);
-                }
-            },
+            } => {
+                let more =
+                    dispatch_callout(vm, host, call, &upstream, &request, timeout_ms, active, now);
+                queue.extend(more);
+            }
             Action::Resume { ctx, headers } => {
                 if active == Owner::Ctx(ctx) {
                     own = Own::Resumed(headers);
@@ -130,6 +117,40 @@ pub fn execute<H: Host>(
         }
     }
     own
+}
+
+/// Send a callout for `call`: the actions the engine answers a refused
+/// dispatch with (none when it was sent).
+#[allow(clippy::too_many_arguments)]
+#[inline(never)] // see Config::fields
+fn dispatch_callout<H: Host>(
+    vm: &RefCell<Vm>,
+    host: &mut H,
+    call: CallRef,
+    upstream: &str,
+    request: &HttpRequest,
+    timeout_ms: u32,
+    active: Owner,
+    now: u64,
+) -> Vec<Action> {
+    let mut out = Vec::new();
+    match host.dispatch(upstream, request, timeout_ms) {
+        Ok(token) => {
+            if let Ok(mut vm) = vm.try_borrow_mut() {
+                vm.on_dispatched(token, call, active, timeout_ms, now);
+            }
+        }
+        Err(why) => {
+            let reason = format!(
+                "dispatch to upstream '{}' refused ({why}): in Envoy, is there a cluster with that name?",
+                crate::text::quoted(upstream)
+            );
+            if let Ok(mut vm) = vm.try_borrow_mut() {
+                vm.on_dispatch_failed(call, reason, now, host, active, &mut out);
+            }
+        }
+    }
+    out
 }
 
 /// The header map a callout is sent with: the request's pseudo-headers,
