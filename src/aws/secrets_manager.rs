@@ -65,6 +65,27 @@ pub struct Endpoint {
 /// of exactly `/`. No userinfo, query or fragment. Errors never quote the URL
 /// (it could hold a password in userinfo).
 pub fn parse_endpoint_url(url: &str) -> Result<Endpoint, String> {
+    let (scheme, authority) = split_endpoint_url(url)?;
+    let (host, port) = if authority.starts_with('[') {
+        split_ipv6_authority(authority)?
+    } else {
+        split_name_authority(authority)?
+    };
+    let port = match port {
+        None => None,
+        Some(p) => Some(parse_port(p)?),
+    };
+    Ok(Endpoint {
+        scheme,
+        authority: authority.to_string(),
+        host: host.to_string(),
+        port,
+    })
+}
+
+/// The lower-cased scheme and the non-empty authority of an endpoint URL.
+#[inline(never)] // see Config::fields
+fn split_endpoint_url(url: &str) -> Result<(String, &str), String> {
     if url.is_empty() {
         return Err("endpoint URL is empty".into());
     }
@@ -97,77 +118,75 @@ pub fn parse_endpoint_url(url: &str) -> Result<Endpoint, String> {
     if authority.is_empty() {
         return Err("endpoint URL has no host".into());
     }
+    Ok((scheme, authority))
+}
 
-    let (host, port_str) = if let Some(after_bracket) = authority.strip_prefix('[') {
-        let (inside, after) = after_bracket
-            .split_once(']')
-            .ok_or_else(|| "endpoint URL has an unterminated IPv6 address".to_string())?;
-        if inside.is_empty()
-            || !inside.contains(':')
-            || !inside
-                .bytes()
-                .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
-        {
-            return Err("endpoint URL has an invalid IPv6 address".into());
-        }
-        let host = authority
-            .get(..inside.len() + 2)
-            .ok_or_else(|| "endpoint URL has an invalid IPv6 address".to_string())?;
-        let port = if after.is_empty() {
-            None
-        } else {
-            Some(after.strip_prefix(':').ok_or_else(|| {
-                "endpoint URL has unexpected characters after the IPv6 address".to_string()
-            })?)
-        };
-        (host, port)
-    } else {
-        if authority.matches(':').count() > 1 {
-            return Err("endpoint URL: an IPv6 address must be in brackets".into());
-        }
-        let (host, port) = match authority.split_once(':') {
-            Some((h, p)) => (h, Some(p)),
-            None => (authority, None),
-        };
-        if host.is_empty() {
-            return Err("endpoint URL has no host".into());
-        }
-        if !host.is_ascii() {
-            return Err("endpoint URL host must be ASCII (use the punycode form)".into());
-        }
-        if !host
+/// The host (brackets kept) and the port text of `[ipv6]` or `[ipv6]:port`.
+#[inline(never)] // see Config::fields
+fn split_ipv6_authority(authority: &str) -> Result<(&str, Option<&str>), String> {
+    let after_bracket = authority.strip_prefix('[').unwrap_or(authority);
+    let (inside, after) = after_bracket
+        .split_once(']')
+        .ok_or_else(|| "endpoint URL has an unterminated IPv6 address".to_string())?;
+    if inside.is_empty()
+        || !inside.contains(':')
+        || !inside
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
-        {
-            return Err(
-                "endpoint URL host may only contain letters, digits, '-', '.' and '_'".into(),
-            );
-        }
-        (host, port)
+            .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+    {
+        return Err("endpoint URL has an invalid IPv6 address".into());
+    }
+    let host = authority
+        .get(..inside.len() + 2)
+        .ok_or_else(|| "endpoint URL has an invalid IPv6 address".to_string())?;
+    let port = if after.is_empty() {
+        None
+    } else {
+        Some(after.strip_prefix(':').ok_or_else(|| {
+            "endpoint URL has unexpected characters after the IPv6 address".to_string()
+        })?)
     };
+    Ok((host, port))
+}
 
-    let port = match port_str {
-        None => None,
-        Some(p) => {
-            if p.is_empty() {
-                return Err("endpoint URL has an empty port".into());
-            }
-            if p.len() > 5 || !p.bytes().all(|b| b.is_ascii_digit()) {
-                return Err("endpoint URL port must be a number from 1 to 65535".into());
-            }
-            match p.parse::<u16>() {
-                Ok(n) if n != 0 => Some(n),
-                _ => return Err("endpoint URL port must be a number from 1 to 65535".into()),
-            }
-        }
+/// The host and the port text of `name` or `name:port` (a DNS name or an
+/// IPv4 address).
+#[inline(never)] // see Config::fields
+fn split_name_authority(authority: &str) -> Result<(&str, Option<&str>), String> {
+    if authority.matches(':').count() > 1 {
+        return Err("endpoint URL: an IPv6 address must be in brackets".into());
+    }
+    let (host, port) = match authority.split_once(':') {
+        Some((h, p)) => (h, Some(p)),
+        None => (authority, None),
     };
+    if host.is_empty() {
+        return Err("endpoint URL has no host".into());
+    }
+    if !host.is_ascii() {
+        return Err("endpoint URL host must be ASCII (use the punycode form)".into());
+    }
+    if !host
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
+    {
+        return Err("endpoint URL host may only contain letters, digits, '-', '.' and '_'".into());
+    }
+    Ok((host, port))
+}
 
-    Ok(Endpoint {
-        scheme,
-        authority: authority.to_string(),
-        host: host.to_string(),
-        port,
-    })
+/// A port 1-65535, digits only.
+fn parse_port(p: &str) -> Result<u16, String> {
+    if p.is_empty() {
+        return Err("endpoint URL has an empty port".into());
+    }
+    if p.len() > 5 || !p.bytes().all(|b| b.is_ascii_digit()) {
+        return Err("endpoint URL port must be a number from 1 to 65535".into());
+    }
+    match p.parse::<u16>() {
+        Ok(n) if n != 0 => Ok(n),
+        _ => Err("endpoint URL port must be a number from 1 to 65535".into()),
+    }
 }
 
 /// `https://secretsmanager.<region>.amazonaws.com` (`.amazonaws.com.cn` for
@@ -422,50 +441,63 @@ fn parse_error(resp: &super::HttpResponse) -> AwsError {
     let quotable = status >= 400
         && !contains(&resp.body, b"SecretString")
         && !contains(&resp.body, b"SecretBinary");
-    let excerpt = |body: &[u8]| {
-        if quotable {
-            body_excerpt(body)
-        } else {
-            "(body not shown)".to_string()
-        }
+    let (code, message) = if parseable {
+        body_error(&resp.body, header_code.is_some(), quotable)
+    } else {
+        (None, None)
     };
-
-    let mut code = None;
-    let mut message = None;
-    if parseable {
-        if let Ok(Value::Object(fields)) = serde_json::from_slice::<Value>(&resp.body) {
-            code = fields
-                .get("__type")
-                .and_then(Value::as_str)
-                .map(trim_error_code)
-                .filter(|c| !c.is_empty());
-            // botocore: `message` wins over `Message`.
-            message = ["message", "Message"]
-                .iter()
-                .find_map(|k| fields.get(*k).and_then(Value::as_str))
-                .map(printable);
-            if message.is_none() {
-                message = if code.is_none() && header_code.is_none() {
-                    // JSON without any error fields: show it.
-                    Some(excerpt(&resp.body))
-                } else {
-                    Some(String::new())
-                };
-            }
-        } else if let Some((c, m)) = xml_error(&String::from_utf8_lossy(&resp.body)) {
-            code = Some(c);
-            message = Some(m);
-        }
-    }
     let code = code
         .or(header_code)
         .unwrap_or_else(|| format!("HTTP{status}"));
-    let message = message.unwrap_or_else(|| excerpt(&resp.body));
+    let message = message.unwrap_or_else(|| excerpt(&resp.body, quotable));
     AwsError {
         kind: classify(&code, status),
         status,
         code,
         message,
+    }
+}
+
+/// The code and message of a JSON or XML error body, if it is one.
+#[inline(never)] // see Config::fields
+fn body_error(
+    body: &[u8],
+    has_header_code: bool,
+    quotable: bool,
+) -> (Option<String>, Option<String>) {
+    let Ok(Value::Object(fields)) = serde_json::from_slice::<Value>(body) else {
+        return match xml_error(&String::from_utf8_lossy(body)) {
+            Some((c, m)) => (Some(c), Some(m)),
+            None => (None, None),
+        };
+    };
+    let code = fields
+        .get("__type")
+        .and_then(Value::as_str)
+        .map(trim_error_code)
+        .filter(|c| !c.is_empty());
+    // botocore: `message` wins over `Message`.
+    let message = ["message", "Message"]
+        .iter()
+        .find_map(|k| fields.get(*k).and_then(Value::as_str))
+        .map(printable)
+        .unwrap_or_else(|| {
+            if code.is_none() && !has_header_code {
+                // JSON without any error fields: show it.
+                excerpt(body, quotable)
+            } else {
+                String::new()
+            }
+        });
+    (code, Some(message))
+}
+
+/// The body excerpt of a `quotable` answer.
+fn excerpt(body: &[u8], quotable: bool) -> String {
+    if quotable {
+        body_excerpt(body)
+    } else {
+        "(body not shown)".to_string()
     }
 }
 

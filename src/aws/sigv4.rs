@@ -123,34 +123,17 @@ pub fn sign(
     let (date, date_time) = amz_dates(secs);
 
     // Work on a copy of the headers: `req` is only changed on success.
-    let mut headers: Vec<(String, String)> = req
-        .headers
-        .iter()
-        .filter(|(name, _)| !is_one_of(name, SIGNING_HEADERS))
-        .map(|(n, v)| (n.to_ascii_lowercase(), v.clone()))
-        .collect();
-
+    let mut headers = headers_to_sign(&req.headers);
     let (creq, signed_headers) =
         canonical_request(req, &headers, &date_time, creds.session_token.as_deref());
 
-    let scope = format!("{date}/{region}/{service}/aws4_request");
-    let string_to_sign = format!(
-        "{ALGORITHM}\n{date_time}\n{scope}\n{}",
-        sha256_hex(creq.as_bytes())
-    );
-    // kSigning = HMAC(HMAC(HMAC(HMAC("AWS4" + secret, date), region), service), "aws4_request")
-    let mut key = hmac_sha256(
-        format!("AWS4{}", creds.secret_access_key).as_bytes(),
-        date.as_bytes(),
+    let authorization = authorization(
+        creds,
+        [&date, region, service],
+        &date_time,
+        &creq,
+        &signed_headers,
     )?;
-    for part in [region, service, "aws4_request"] {
-        key = hmac_sha256(&key, part.as_bytes())?;
-    }
-    let signature = hex(&hmac_sha256(&key, string_to_sign.as_bytes())?);
-    let authorization = format!(
-        "{ALGORITHM} Credential={}/{scope}, SignedHeaders={signed_headers}, Signature={signature}",
-        creds.access_key_id
-    );
 
     headers.push(("x-amz-date".into(), date_time));
     headers.push(("authorization".into(), authorization));
@@ -161,36 +144,75 @@ pub fn sign(
     Ok(())
 }
 
-/// The canonical request and the signed header list. Out of line with the
-/// validation: V8's optimizing compiler needs memory by the size of a function,
-/// and Envoy keeps what it used (see `Config::fields`).
-#[inline(never)]
+/// The request's headers, names lower-cased, without the ones the signer
+/// writes itself.
+fn headers_to_sign(headers: &[(String, String)]) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .filter(|(name, _)| !is_one_of(name, SIGNING_HEADERS))
+        .map(|(n, v)| (n.to_ascii_lowercase(), v.clone()))
+        .collect()
+}
+
+/// The `authorization` header: the credential scope, the signed headers and
+/// the signature of the canonical request `creq`.
+#[inline(never)] // see Config::fields
+fn authorization(
+    creds: &Credentials,
+    [date, region, service]: [&str; 3],
+    date_time: &str,
+    creq: &str,
+    signed_headers: &str,
+) -> Result<String, SignError> {
+    let scope = format!("{date}/{region}/{service}/aws4_request");
+    let string_to_sign = format!(
+        "{ALGORITHM}\n{date_time}\n{scope}\n{}",
+        sha256_hex(creq.as_bytes())
+    );
+    let signature = signature(
+        &creds.secret_access_key,
+        [date, region, service],
+        &string_to_sign,
+    )?;
+    Ok(format!(
+        "{ALGORITHM} Credential={}/{scope}, SignedHeaders={signed_headers}, Signature={signature}",
+        creds.access_key_id
+    ))
+}
+
+/// The hex signature of `string_to_sign` with the key derived from the
+/// secret and the scope's date, region and service.
+#[inline(never)] // see Config::fields
+fn signature(
+    secret_access_key: &str,
+    [date, region, service]: [&str; 3],
+    string_to_sign: &str,
+) -> Result<String, SignError> {
+    // kSigning = HMAC(HMAC(HMAC(HMAC("AWS4" + secret, date), region), service), "aws4_request")
+    let mut key = hmac_sha256(
+        format!("AWS4{secret_access_key}").as_bytes(),
+        date.as_bytes(),
+    )?;
+    for part in [region, service, "aws4_request"] {
+        key = hmac_sha256(&key, part.as_bytes())?;
+    }
+    Ok(hex(&hmac_sha256(&key, string_to_sign.as_bytes())?))
+}
+
+/// The canonical request and the signed header list.
+#[inline(never)] // see Config::fields
 fn canonical_request(
     req: &super::HttpRequest,
     headers: &[(String, String)],
     date_time: &str,
     session_token: Option<&str>,
 ) -> (String, String) {
-    // Canonical headers: (name, position, normalized value), sorted by name
-    // then position, so repeated names keep their request order (their
-    // values are joined with ',').
     let trimmed: Vec<(&str, Cow<'_, str>)> = headers
         .iter()
         .filter(|(name, _)| !is_one_of(name, UNSIGNED_HEADERS))
         .map(|(n, v)| (n.as_str(), trim_all(v)))
         .collect();
-    let mut canonical: Vec<(&str, usize, &str)> = trimmed
-        .iter()
-        .enumerate()
-        .map(|(i, (n, v))| (*n, i, v.as_ref()))
-        .collect();
-    let n = canonical.len();
-    canonical.push(("host", n, &req.authority));
-    canonical.push(("x-amz-date", n + 1, date_time));
-    if let Some(token) = session_token {
-        canonical.push(("x-amz-security-token", n + 2, token));
-    }
-    sort_entries(&mut canonical);
+    let canonical = canonical_headers(&trimmed, &req.authority, date_time, session_token);
 
     let (path, query) = split_path(&req.path);
     let mut creq = String::with_capacity(256 + req.path.len());
@@ -200,9 +222,47 @@ fn canonical_request(
     creq.push('\n');
     creq.push_str(&canonical_query(query.unwrap_or_default()));
     creq.push('\n');
+    let signed_headers = push_canonical_headers(&mut creq, &canonical);
+    creq.push_str("\n\n");
+    creq.push_str(&signed_headers);
+    creq.push('\n');
+    creq.push_str(&sha256_hex(&req.body));
+    (creq, signed_headers)
+}
+
+/// Canonical headers: (name, position, normalized value), sorted by name
+/// then position, so repeated names keep their request order (their values
+/// are joined with ','). `host`, `x-amz-date` and the session token are
+/// signed too.
+#[inline(never)] // see Config::fields
+fn canonical_headers<'a>(
+    trimmed: &'a [(&'a str, Cow<'a, str>)],
+    authority: &'a str,
+    date_time: &'a str,
+    session_token: Option<&'a str>,
+) -> Vec<(&'a str, usize, &'a str)> {
+    let mut canonical: Vec<(&str, usize, &str)> = trimmed
+        .iter()
+        .enumerate()
+        .map(|(i, (n, v))| (*n, i, v.as_ref()))
+        .collect();
+    let n = canonical.len();
+    canonical.push(("host", n, authority));
+    canonical.push(("x-amz-date", n + 1, date_time));
+    if let Some(token) = session_token {
+        canonical.push(("x-amz-security-token", n + 2, token));
+    }
+    sort_entries(&mut canonical);
+    canonical
+}
+
+/// Appends the sorted canonical headers (`name:value`, one line per name)
+/// to `creq`; returns the signed header list (`name;name...`).
+#[inline(never)] // see Config::fields
+fn push_canonical_headers(creq: &mut String, canonical: &[(&str, usize, &str)]) -> String {
     let mut signed_headers = String::new();
     let mut previous: Option<&str> = None;
-    for &(name, _, value) in &canonical {
+    for &(name, _, value) in canonical {
         if previous == Some(name) {
             creq.push(',');
         } else {
@@ -217,11 +277,7 @@ fn canonical_request(
         creq.push_str(value);
         previous = Some(name);
     }
-    creq.push_str("\n\n");
-    creq.push_str(&signed_headers);
-    creq.push('\n');
-    creq.push_str(&sha256_hex(&req.body));
-    (creq, signed_headers)
+    signed_headers
 }
 
 fn is_one_of(name: &str, list: &[&str]) -> bool {
@@ -352,6 +408,7 @@ fn sort_entries(entries: &mut [(&str, usize, &str)]) {
 }
 
 /// (`YYYYMMDD`, `YYYYMMDDTHHMMSSZ`) in UTC for seconds since the epoch.
+#[inline(never)] // see Config::fields
 fn amz_dates(secs: u64) -> (String, String) {
     let (year, month, day) = civil_from_days(secs / 86_400);
     let in_day = secs % 86_400;
@@ -444,9 +501,20 @@ fn is_visible_ascii(b: u8) -> bool {
 /// Checks everything that ends up in a header we write or in the URI, so a
 /// bad value is reported as such (never quoted: it may be a credential)
 /// instead of producing an unusable or injected header.
-#[inline(never)]
 fn validate_inputs(
     req: &super::HttpRequest,
+    creds: &Credentials,
+    region: &str,
+    service: &str,
+) -> Result<(), SignError> {
+    validate_scope_and_credentials(creds, region, service)?;
+    validate_request(req)
+}
+
+/// The region and service (they are part of the credential scope) and the
+/// credentials (they end up in `authorization` and `x-amz-security-token`).
+#[inline(never)] // see Config::fields
+fn validate_scope_and_credentials(
     creds: &Credentials,
     region: &str,
     service: &str,
@@ -485,6 +553,12 @@ fn validate_inputs(
             return Err(err("session token must be non-empty printable ASCII"));
         }
     }
+    Ok(())
+}
+
+/// The method, scheme, authority, path and headers of the request.
+#[inline(never)] // see Config::fields
+fn validate_request(req: &super::HttpRequest) -> Result<(), SignError> {
     if req.method.is_empty() || !req.method.bytes().all(is_token_char) {
         return Err(err("invalid HTTP method"));
     }
@@ -514,7 +588,7 @@ fn validate_inputs(
 /// What the `http` crate refused when aws-sigv4's HTTP signer parsed the URI
 /// and header names, on top of [`validate_inputs`] (the tests check the two
 /// signers accept and refuse the same requests).
-#[inline(never)]
+#[inline(never)] // see Config::fields
 fn validate_uri_and_header_limits(req: &super::HttpRequest) -> Result<(), SignError> {
     if req.authority.contains('%') {
         return Err(err("invalid authority (host[:port])"));

@@ -247,36 +247,39 @@ pub fn parse_credentials_response(resp: &HttpResponse) -> Result<TimedCredential
         return Err(parse_error(status, &body));
     }
     // A 2xx body holds the credentials: fixed messages only from here.
-    let Some(creds) = element(&body, "Credentials") else {
-        // Some proxies answer errors with 200. The body may still hold
-        // credentials: keep only a code that looks like one, no message.
-        if let Some(err) = element(&body, "Error") {
-            let code = error_from(status, err).code.filter(|c| looks_like_code(c));
-            return Err(StsError {
-                status,
-                code,
-                message: String::new(),
-            });
-        }
-        return Err(StsError::fixed(status, "response has no Credentials"));
-    };
-    let field = |name: &str| element(creds, name).map(text).filter(|v| !v.is_empty());
-    let access_key_id = field("AccessKeyId")
-        .ok_or_else(|| StsError::fixed(status, "response has no AccessKeyId"))?;
-    let secret_access_key = field("SecretAccessKey")
-        .ok_or_else(|| StsError::fixed(status, "response has no SecretAccessKey"))?;
-    let session_token = field("SessionToken")
-        .ok_or_else(|| StsError::fixed(status, "response has no SessionToken"))?;
-    let expiration =
-        field("Expiration").ok_or_else(|| StsError::fixed(status, "response has no Expiration"))?;
-    let expires_at = credentials::parse_timestamp(&expiration).ok_or_else(|| {
-        StsError::fixed(
+    match element(&body, "Credentials") {
+        Some(creds) => credentials_of(creds).map_err(|why| StsError::fixed(status, &why)),
+        None => Err(no_credentials_error(status, &body)),
+    }
+}
+
+/// A 2xx answer without `Credentials`. Some proxies answer errors with 200.
+/// The body may still hold credentials: keep only a code that looks like
+/// one, no message.
+#[inline(never)] // see Config::fields
+fn no_credentials_error(status: u16, body: &str) -> StsError {
+    if let Some(err) = element(body, "Error") {
+        let code = error_from(status, err).code.filter(|c| looks_like_code(c));
+        return StsError {
             status,
-            "response has an invalid Expiration (expected ISO 8601 UTC)",
-        )
-    })?;
-    credentials::check_credentials(&access_key_id, &secret_access_key, Some(&session_token))
-        .map_err(|e| StsError::fixed(status, &e))?;
+            code,
+            message: String::new(),
+        };
+    }
+    StsError::fixed(status, "response has no Credentials")
+}
+
+/// The credentials in the `Credentials` element of a 2xx answer; the error
+/// is a fixed text.
+#[inline(never)] // see Config::fields
+fn credentials_of(creds: &str) -> Result<TimedCredentials, String> {
+    let access_key_id = required_field(creds, "AccessKeyId")?;
+    let secret_access_key = required_field(creds, "SecretAccessKey")?;
+    let session_token = required_field(creds, "SessionToken")?;
+    let expiration = required_field(creds, "Expiration")?;
+    let expires_at = credentials::parse_timestamp(&expiration)
+        .ok_or("response has an invalid Expiration (expected ISO 8601 UTC)")?;
+    credentials::check_credentials(&access_key_id, &secret_access_key, Some(&session_token))?;
     Ok(TimedCredentials {
         credentials: Credentials {
             access_key_id,
@@ -285,6 +288,15 @@ pub fn parse_credentials_response(resp: &HttpResponse) -> Result<TimedCredential
         },
         expires_at: Some(expires_at),
     })
+}
+
+/// The non-empty text of the element `name` of `Credentials`.
+#[inline(never)] // see Config::fields
+fn required_field(creds: &str, name: &str) -> Result<String, String> {
+    element(creds, name)
+        .map(text)
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| format!("response has no {name}"))
 }
 
 fn parse_error(status: u16, body: &str) -> StsError {

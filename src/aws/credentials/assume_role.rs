@@ -163,6 +163,12 @@ impl AssumeRole {
         if self.state.in_flight() || self.state.backing_off(now) {
             return self.state.fallback(now);
         }
+        self.poll_base(now, base)
+    }
+
+    /// Time to call STS: with the base's credentials once it has them.
+    #[inline(never)] // see Config::fields
+    fn poll_base(&mut self, now: u64, base: &mut dyn Provider) -> Poll {
         match base.poll(now) {
             Poll::Ready(b) => self.start(&b.credentials, now),
             dispatch @ Poll::Dispatch { .. } => dispatch.map_id(base_id),
@@ -178,6 +184,7 @@ impl AssumeRole {
         }
     }
 
+    #[inline(never)] // see Config::fields
     fn start(&mut self, base: &Credentials, now: u64) -> Poll {
         let mut request = sts::assume_role_request(
             &self.sts.endpoint,

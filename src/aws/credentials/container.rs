@@ -118,39 +118,9 @@ impl ContainerFetch {
 
 #[inline(never)] // see Config::fields
 fn setup(config: &CredentialsConfig, env: Env) -> Setup<Target> {
-    const REL: &str = "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI";
-    const FULL: &str = "AWS_CONTAINER_CREDENTIALS_FULL_URI";
-    let url = if let Some(rel) = var(env, REL) {
-        let rel = rel.trim();
-        if !valid_path(rel) {
-            return Setup::Invalid(format!(
-                "{REL} must be a path starting with '/' (printable ASCII, no spaces)"
-            ));
-        }
-        Url {
-            endpoint: Endpoint {
-                scheme: "http".into(),
-                authority: ECS_HOST.into(),
-                host: ECS_HOST.into(),
-                port: None,
-            },
-            path: rel.to_string(),
-        }
-    } else if let Some(full) = var(env, FULL) {
-        let url = match parse_url(full.trim()) {
-            Ok(u) => u,
-            Err(e) => return Setup::Invalid(format!("{FULL}: {e}")),
-        };
-        if !full_uri_allowed(&url.endpoint) {
-            return Setup::Invalid(format!(
-                "{FULL}: plain http is only allowed to a loopback address, 169.254.170.2, \
-                 169.254.170.23 or fd00:ec2::23, not to '{}' (use https)",
-                scrub(&url.endpoint.host, &[], 64)
-            ));
-        }
-        url
-    } else {
-        return Setup::NotConfigured(format!("{REL} and {FULL} are not set"));
+    let url = match credentials_url(env) {
+        Ok(url) => url,
+        Err(no_target) => return no_target,
     };
 
     let auth = TokenSettings {
@@ -181,6 +151,48 @@ fn setup(config: &CredentialsConfig, env: Env) -> Setup<Target> {
         timeout_ms: config.timeout_ms,
         auth,
     }))
+}
+
+/// The URL from `AWS_CONTAINER_CREDENTIALS_RELATIVE_URI` (on the ECS host)
+/// or `AWS_CONTAINER_CREDENTIALS_FULL_URI`; without one, the setup to use.
+#[inline(never)] // see Config::fields
+fn credentials_url(env: Env) -> Result<Url, Setup<Target>> {
+    const REL: &str = "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI";
+    const FULL: &str = "AWS_CONTAINER_CREDENTIALS_FULL_URI";
+    if let Some(rel) = var(env, REL) {
+        let rel = rel.trim();
+        if !valid_path(rel) {
+            return Err(Setup::Invalid(format!(
+                "{REL} must be a path starting with '/' (printable ASCII, no spaces)"
+            )));
+        }
+        return Ok(Url {
+            endpoint: Endpoint {
+                scheme: "http".into(),
+                authority: ECS_HOST.into(),
+                host: ECS_HOST.into(),
+                port: None,
+            },
+            path: rel.to_string(),
+        });
+    }
+    let Some(full) = var(env, FULL) else {
+        return Err(Setup::NotConfigured(format!(
+            "{REL} and {FULL} are not set"
+        )));
+    };
+    let url = match parse_url(full.trim()) {
+        Ok(u) => u,
+        Err(e) => return Err(Setup::Invalid(format!("{FULL}: {e}"))),
+    };
+    if !full_uri_allowed(&url.endpoint) {
+        return Err(Setup::Invalid(format!(
+            "{FULL}: plain http is only allowed to a loopback address, 169.254.170.2, \
+             169.254.170.23 or fd00:ec2::23, not to '{}' (use https)",
+            scrub(&url.endpoint.host, &[], 64)
+        )));
+    }
+    Ok(url)
 }
 
 /// aws-config's rule for `AWS_CONTAINER_CREDENTIALS_FULL_URI`.
@@ -239,31 +251,37 @@ impl Fetch for ContainerFetch {
             },
             Stage::Credentials => {
                 let token = self.token.take();
-                let secrets: Vec<&str> = token.iter().map(String::as_str).collect();
-                match result {
-                    Err(e) => Step::Fail(format!(
-                        "callout to the container credentials endpoint failed: {}",
-                        scrub(&e, &secrets, 200)
-                    )),
-                    Ok(resp) if resp.status == 200 => {
-                        match parse_json_credentials(&resp.body, false) {
-                            Ok(c) => Step::Done(c),
-                            Err(e) => Step::Fail(e),
-                        }
-                    }
-                    Ok(resp) => Step::Fail(format!(
-                        "the container credentials endpoint answered HTTP {}{}",
-                        resp.status,
-                        error_detail(&resp, &secrets)
-                    )),
-                }
+                credentials_answer(result, token.as_deref())
             }
         }
     }
 }
 
+/// The credentials in the endpoint's answer; `token` (the authorization
+/// token sent) is scrubbed from errors.
+#[inline(never)] // see Config::fields
+fn credentials_answer(result: Result<HttpResponse, String>, token: Option<&str>) -> Step {
+    let secrets: Vec<&str> = token.into_iter().collect();
+    match result {
+        Err(e) => Step::Fail(format!(
+            "callout to the container credentials endpoint failed: {}",
+            scrub(&e, &secrets, 200)
+        )),
+        Ok(resp) if resp.status == 200 => match parse_json_credentials(&resp.body, false) {
+            Ok(c) => Step::Done(c),
+            Err(e) => Step::Fail(e),
+        },
+        Ok(resp) => Step::Fail(format!(
+            "the container credentials endpoint answered HTTP {}{}",
+            resp.status,
+            error_detail(&resp, &secrets)
+        )),
+    }
+}
+
 /// `: <message>` from an error answer's JSON (`message`, `Message`, `code`,
 /// `Code`), scrubbed and capped; empty otherwise. Never a raw body excerpt.
+#[inline(never)] // see Config::fields
 fn error_detail(resp: &HttpResponse, secrets: &[&str]) -> String {
     if resp.body.len() > super::MAX_BODY_LEN {
         return String::new();

@@ -1,6 +1,6 @@
 //! The JSON credentials document the container endpoint and IMDS answer.
 
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use super::{check_credentials, parse_timestamp, TimedCredentials, MAX_BODY_LEN};
 use crate::aws::sigv4::Credentials;
@@ -16,29 +16,13 @@ pub fn parse_json_credentials(body: &[u8], require_code: bool) -> Result<TimedCr
     let Ok(Value::Object(fields)) = serde_json::from_slice::<Value>(body) else {
         return Err("credentials response is not a JSON object".into());
     };
-    let text = |name: &str| match fields.get(name) {
-        Some(Value::String(s)) if !s.is_empty() => Ok(Some(s.clone())),
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(_)) => Ok(None),
-        Some(_) => Err(format!("credentials response: {name} is not a string")),
-    };
     if require_code {
-        match text("Code")? {
-            Some(code) if code == "Success" => {}
-            Some(code) if looks_like_code(&code) => {
-                return Err(format!(
-                    "credentials response has Code '{code}' (expected Success)"
-                ))
-            }
-            Some(_) => return Err("credentials response has an unexpected Code".into()),
-            None => return Err("credentials response has no Code".into()),
-        }
+        check_code(&fields)?;
     }
-    let access_key_id = text("AccessKeyId")?.ok_or("credentials response has no AccessKeyId")?;
-    let secret_access_key =
-        text("SecretAccessKey")?.ok_or("credentials response has no SecretAccessKey")?;
-    let session_token = text("Token")?;
-    let expiration = text("Expiration")?.ok_or("credentials response has no Expiration")?;
+    let access_key_id = required_field(&fields, "AccessKeyId")?;
+    let secret_access_key = required_field(&fields, "SecretAccessKey")?;
+    let session_token = string_field(&fields, "Token")?;
+    let expiration = required_field(&fields, "Expiration")?;
     let expires_at = parse_timestamp(&expiration)
         .ok_or("credentials response has an invalid Expiration (expected ISO 8601 UTC)")?;
     check_credentials(&access_key_id, &secret_access_key, session_token.as_deref())?;
@@ -50,6 +34,36 @@ pub fn parse_json_credentials(body: &[u8], require_code: bool) -> Result<TimedCr
         },
         expires_at: Some(expires_at),
     })
+}
+
+/// A non-empty string field; `None` if absent, null or empty.
+#[inline(never)] // see Config::fields
+fn string_field(fields: &Map<String, Value>, name: &str) -> Result<Option<String>, String> {
+    match fields.get(name) {
+        Some(Value::String(s)) if !s.is_empty() => Ok(Some(s.clone())),
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(_)) => Ok(None),
+        Some(_) => Err(format!("credentials response: {name} is not a string")),
+    }
+}
+
+/// A non-empty string field that must be there.
+fn required_field(fields: &Map<String, Value>, name: &str) -> Result<String, String> {
+    string_field(fields, name)?.ok_or_else(|| format!("credentials response has no {name}"))
+}
+
+/// IMDS's `Code` must be `Success`; another code is shown only if it looks
+/// like one (the body holds credentials).
+#[inline(never)] // see Config::fields
+fn check_code(fields: &Map<String, Value>) -> Result<(), String> {
+    match string_field(fields, "Code")? {
+        Some(code) if code == "Success" => Ok(()),
+        Some(code) if looks_like_code(&code) => Err(format!(
+            "credentials response has Code '{code}' (expected Success)"
+        )),
+        Some(_) => Err("credentials response has an unexpected Code".into()),
+        None => Err("credentials response has no Code".into()),
+    }
 }
 
 /// IMDS codes (`Success`, `AssumeRoleUnauthorizedAccess`): letters, digits, `.`, `_`, `-`.

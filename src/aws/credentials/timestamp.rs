@@ -5,22 +5,40 @@
 /// digits; moto sends microseconds), `Z` or a `+hh:mm`/`-hh:mm` offset.
 /// `None` for anything else or before 1970.
 pub fn parse_timestamp(s: &str) -> Option<u64> {
-    let s = s.trim();
-    let b = s.as_bytes();
-    let num = |from: usize, len: usize| -> Option<i64> {
-        let part = b.get(from..from + len)?;
-        if !part.iter().all(u8::is_ascii_digit) {
-            return None;
-        }
-        part.iter()
-            .try_fold(0i64, |acc, d| Some(acc * 10 + i64::from(d - b'0')))
-    };
-    let year = num(0, 4)?;
-    let month = num(5, 2)?;
-    let day = num(8, 2)?;
-    let hour = num(11, 2)?;
-    let minute = num(14, 2)?;
-    let second = num(17, 2)?;
+    let b = s.trim().as_bytes();
+    let [year, month, day, hour, minute, second] = date_time_fields(b)?;
+    let (millis, end) = fraction_millis(b, 19)?;
+    let offset_s = utc_offset_secs(b, end)?;
+    // A leap second is counted as the last second of its minute.
+    let second = second.min(59);
+    let days = days_from_civil(year, month, day);
+    let secs = days * 86_400 + hour * 3600 + minute * 60 + second - offset_s;
+    if secs < 0 {
+        return None;
+    }
+    u64::try_from(secs * 1000 + millis).ok()
+}
+
+/// The `len` ASCII digits at `from` as a number.
+fn number(b: &[u8], from: usize, len: usize) -> Option<i64> {
+    let part = b.get(from..from + len)?;
+    if !part.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    part.iter()
+        .try_fold(0i64, |acc, d| Some(acc * 10 + i64::from(d - b'0')))
+}
+
+/// Year, month, day, hour, minute and second of `YYYY-MM-DDThh:mm:ss`, in
+/// range (second 60 allowed).
+#[inline(never)] // see Config::fields
+fn date_time_fields(b: &[u8]) -> Option<[i64; 6]> {
+    let year = number(b, 0, 4)?;
+    let month = number(b, 5, 2)?;
+    let day = number(b, 8, 2)?;
+    let hour = number(b, 11, 2)?;
+    let minute = number(b, 14, 2)?;
+    let second = number(b, 17, 2)?;
     if b.get(4) != Some(&b'-')
         || b.get(7) != Some(&b'-')
         || !matches!(b.get(10), Some(b'T' | b't' | b' '))
@@ -38,7 +56,12 @@ pub fn parse_timestamp(s: &str) -> Option<u64> {
     {
         return None;
     }
-    let mut i = 19;
+    Some([year, month, day, hour, minute, second])
+}
+
+/// The milliseconds of optional fractional seconds (`.` and 1-12 digits) at
+/// `i`, and where they end.
+fn fraction_millis(b: &[u8], mut i: usize) -> Option<(i64, usize)> {
     let mut millis = 0i64;
     if b.get(i) == Some(&b'.') {
         i += 1;
@@ -57,35 +80,30 @@ pub fn parse_timestamp(s: &str) -> Option<u64> {
             millis *= 10;
         }
     }
-    let offset_s = match b.get(i) {
-        Some(b'Z' | b'z') if i + 1 == b.len() => 0,
+    Some((millis, i))
+}
+
+/// The seconds east of UTC of the zone at `i` (`Z`, `+hh:mm`, `-hhmm`...),
+/// which must end the text.
+#[inline(never)] // see Config::fields
+fn utc_offset_secs(b: &[u8], i: usize) -> Option<i64> {
+    match b.get(i) {
+        Some(b'Z' | b'z') if i + 1 == b.len() => Some(0),
         Some(sign @ (b'+' | b'-')) => {
-            let oh = num(i + 1, 2)?;
+            let oh = number(b, i + 1, 2)?;
             let (om, end) = if b.get(i + 3) == Some(&b':') {
-                (num(i + 4, 2)?, i + 6)
+                (number(b, i + 4, 2)?, i + 6)
             } else {
-                (num(i + 3, 2)?, i + 5)
+                (number(b, i + 3, 2)?, i + 5)
             };
             if end != b.len() || oh > 23 || om > 59 {
                 return None;
             }
             let off = oh * 3600 + om * 60;
-            if *sign == b'+' {
-                off
-            } else {
-                -off
-            }
+            Some(if *sign == b'+' { off } else { -off })
         }
-        _ => return None,
-    };
-    // A leap second is counted as the last second of its minute.
-    let second = second.min(59);
-    let days = days_from_civil(year, month, day);
-    let secs = days * 86_400 + hour * 3600 + minute * 60 + second - offset_s;
-    if secs < 0 {
-        return None;
+        _ => None,
     }
-    u64::try_from(secs * 1000 + millis).ok()
 }
 
 fn days_in_month(year: i64, month: i64) -> i64 {

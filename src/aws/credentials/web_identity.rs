@@ -148,26 +148,9 @@ fn setup(config: &CredentialsConfig, env: Env) -> Setup<Target> {
         }
         Err(e) => return Setup::Invalid(e),
     };
-    let Some(role_arn) = var(env, "AWS_ROLE_ARN").map(|r| r.trim().to_string()) else {
-        return Setup::Invalid(
-            "a web identity token is configured but AWS_ROLE_ARN is not set".into(),
-        );
-    };
-    if !valid_token(&role_arn) || role_arn.len() > 2048 {
-        return Setup::Invalid("AWS_ROLE_ARN is not a valid role ARN".into());
-    }
-    let session_name = match var(env, "AWS_ROLE_SESSION_NAME") {
-        None => DEFAULT_SESSION_NAME.to_string(),
-        Some(s) => {
-            let s = s.trim().to_string();
-            if !valid_session_name(&s) {
-                return Setup::Invalid(
-                    "AWS_ROLE_SESSION_NAME must be 2-64 characters of letters, digits and _+=,.@-"
-                        .into(),
-                );
-            }
-            s
-        }
+    let (role_arn, session_name) = match role_and_session_name(env) {
+        Ok(role) => role,
+        Err(e) => return Setup::Invalid(e),
     };
     let region = config.sts_region.clone().or_else(|| env_region(env));
     let sts = sts::endpoint(
@@ -186,6 +169,32 @@ fn setup(config: &CredentialsConfig, env: Env) -> Setup<Target> {
         sts,
         timeout_ms: config.timeout_ms,
     }))
+}
+
+/// `AWS_ROLE_ARN` (required) and `AWS_ROLE_SESSION_NAME` (default
+/// [`DEFAULT_SESSION_NAME`]), trimmed and checked.
+#[inline(never)] // see Config::fields
+fn role_and_session_name(env: Env) -> Result<(String, String), String> {
+    let Some(role_arn) = var(env, "AWS_ROLE_ARN").map(|r| r.trim().to_string()) else {
+        return Err("a web identity token is configured but AWS_ROLE_ARN is not set".into());
+    };
+    if !valid_token(&role_arn) || role_arn.len() > 2048 {
+        return Err("AWS_ROLE_ARN is not a valid role ARN".into());
+    }
+    let session_name = match var(env, "AWS_ROLE_SESSION_NAME") {
+        None => DEFAULT_SESSION_NAME.to_string(),
+        Some(s) => {
+            let s = s.trim().to_string();
+            if !valid_session_name(&s) {
+                return Err(
+                    "AWS_ROLE_SESSION_NAME must be 2-64 characters of letters, digits and _+=,.@-"
+                        .into(),
+                );
+            }
+            s
+        }
+    };
+    Ok((role_arn, session_name))
 }
 
 impl Fetch for WebIdentityFetch {
@@ -219,26 +228,33 @@ impl Fetch for WebIdentityFetch {
             },
             Stage::Sts => {
                 let token = self.token.take();
-                let secrets: Vec<&str> = token.iter().map(String::as_str).collect();
                 let role = match &self.setup {
                     Setup::Ready(t) => t.role_arn.as_str(),
                     _ => "?",
                 };
-                match result {
-                    Err(e) => Step::Fail(format!(
-                        "AssumeRoleWithWebIdentity callout failed: {}",
-                        scrub(&e, &secrets, 200)
-                    )),
-                    Ok(resp) => match sts::parse_credentials_response(&resp) {
-                        Ok(c) => Step::Done(c),
-                        Err(e) => Step::Fail(format!(
-                            "AssumeRoleWithWebIdentity for {role}: {}",
-                            scrub(&e.to_string(), &secrets, 400)
-                        )),
-                    },
-                }
+                sts_answer(result, token.as_deref(), role)
             }
         }
+    }
+}
+
+/// The credentials in STS's answer; `token` (the web identity token sent) is
+/// scrubbed from errors.
+#[inline(never)] // see Config::fields
+fn sts_answer(result: Result<HttpResponse, String>, token: Option<&str>, role: &str) -> Step {
+    let secrets: Vec<&str> = token.into_iter().collect();
+    match result {
+        Err(e) => Step::Fail(format!(
+            "AssumeRoleWithWebIdentity callout failed: {}",
+            scrub(&e, &secrets, 200)
+        )),
+        Ok(resp) => match sts::parse_credentials_response(&resp) {
+            Ok(c) => Step::Done(c),
+            Err(e) => Step::Fail(format!(
+                "AssumeRoleWithWebIdentity for {role}: {}",
+                scrub(&e.to_string(), &secrets, 400)
+            )),
+        },
     }
 }
 
