@@ -106,23 +106,7 @@ pub fn parse(s: &str) -> Result<Reference, ParseError> {
         None => None,
     };
 
-    // url.parse_path: split on `/` before decoding (so `%2F` stays inside a segment), drop
-    // empty segments, `%XX`-decode each. A trailing `/` means "no key" (Kong's spec tests).
-    let segments: Vec<Vec<u8>> = resource
-        .split('/')
-        .filter(|seg| !seg.is_empty())
-        .map(|seg| percent_decode(seg.as_bytes()).collect())
-        .collect();
-    let (dir, last) = match segments.split_last() {
-        None => return Err(ParseError::InvalidPath),
-        Some((_, [])) => (segments.as_slice(), None),
-        Some(_) if resource.ends_with('/') => (segments.as_slice(), None),
-        Some((last, dir)) => (dir, Some(last)),
-    };
-    // Kong then runs ngx.unescape_uri on the joined segments: a second decode plus `+`.
-    let resource = utf8(unescape_uri(&dir.join(&b'/')))?;
-    let key = last.map(|k| utf8(unescape_uri(k))).transpose()?;
-
+    let (resource, key) = resource_and_key(resource)?;
     Ok(Reference {
         name,
         resource,
@@ -130,6 +114,29 @@ pub fn parse(s: &str) -> Result<Reference, ParseError> {
         version,
         query: query.map(decode_args).unwrap_or_default(),
     })
+}
+
+/// The decoded resource and key out of the path (its leading `/` removed).
+#[inline(never)] // see Config::fields
+fn resource_and_key(path: &str) -> Result<(String, Option<String>), ParseError> {
+    // url.parse_path: split on `/` before decoding (so `%2F` stays inside a segment), drop
+    // empty segments, `%XX`-decode each. A trailing `/` means "no key" (Kong's spec tests).
+    let segments: Vec<Vec<u8>> = path
+        .split('/')
+        .filter(|seg| !seg.is_empty())
+        .map(|seg| percent_decode(seg.as_bytes()).collect())
+        .collect();
+    let (dir, last) = match segments.split_last() {
+        None => return Err(ParseError::InvalidPath),
+        Some((_, [])) => (segments.as_slice(), None),
+        Some(_) if path.ends_with('/') => (segments.as_slice(), None),
+        Some((last, dir)) => (dir, Some(last)),
+    };
+    // Kong then runs ngx.unescape_uri on the joined segments: a second decode plus `+`.
+    let resource = utf8(unescape_uri(&dir.join(&b'/')))?;
+    let key = last.map(|k| utf8(unescape_uri(k))).transpose()?;
+
+    Ok((resource, key))
 }
 
 impl Reference {
@@ -246,6 +253,7 @@ fn lua_dec(s: &str) -> Option<f64> {
 }
 
 /// Hex: hex digits with at most one `.`, at least one digit, optional `p[+-]digits`.
+#[inline(never)] // see Config::fields
 fn lua_hex(s: &str) -> Option<f64> {
     let (mantissa, exp) = match s.find(['p', 'P']) {
         Some(i) => (s.get(..i)?, exponent(s.get(i + 1..)?)?),

@@ -28,39 +28,68 @@ pub(super) fn headers(
     };
     let mut out: Vec<HeaderTemplate> = Vec::new();
     for (name, v) in object(value, path)? {
-        let field = format!("{path}.{name}");
-        check_header_name(name).map_err(|e| format!("{field}: {e}"))?;
-        let lower = name.to_ascii_lowercase();
-        if out.iter().any(|h| h.name == lower) {
-            return Err(format!(
-                "{field}: header given twice (names are case-insensitive)"
-            ));
+        if let Some(header) = header(path, name, v, &out, checks)? {
+            out.push(header);
         }
-        let text = string(v).map_err(|e| format!("{field}: {e}"))?;
-        if text.chars().any(char::is_control) {
-            return Err(format!(
-                "{field}: control characters are not allowed in a header value"
-            ));
-        }
-        let template = match template::parse(text) {
-            Ok(t) => t,
-            Err(TemplateError::Reference { text, error }) => {
-                checks.push(RefCheck {
-                    field,
-                    text,
-                    result: Err(error.to_string()),
-                });
-                continue;
-            }
-            Err(e) => return Err(format!("{field}: {e}")),
-        };
-        out.push(HeaderTemplate {
-            name: lower,
-            template,
-            field,
-        });
     }
     Ok(out)
+}
+
+/// One `name: template` entry, given the headers before it. `None`: its template
+/// holds a bad reference, recorded in `checks`.
+#[inline(never)] // see Config::fields
+fn header(
+    path: &str,
+    name: &str,
+    v: &Value,
+    before: &[HeaderTemplate],
+    checks: &mut Vec<RefCheck>,
+) -> Result<Option<HeaderTemplate>, String> {
+    let field = format!("{path}.{name}");
+    let lower = new_header_name(name, before, &field)?;
+    let text = header_value(v, &field)?;
+    let template = match template::parse(text) {
+        Ok(t) => t,
+        Err(TemplateError::Reference { text, error }) => {
+            checks.push(RefCheck {
+                field,
+                text,
+                result: Err(error.to_string()),
+            });
+            return Ok(None);
+        }
+        Err(e) => return Err(format!("{field}: {e}")),
+    };
+    Ok(Some(HeaderTemplate {
+        name: lower,
+        template,
+        field,
+    }))
+}
+
+/// A header's name, lower-cased, unless invalid or already in `before`.
+#[inline(never)] // see Config::fields
+fn new_header_name(name: &str, before: &[HeaderTemplate], field: &str) -> Result<String, String> {
+    check_header_name(name).map_err(|e| format!("{field}: {e}"))?;
+    let lower = name.to_ascii_lowercase();
+    if before.iter().any(|h| h.name == lower) {
+        return Err(format!(
+            "{field}: header given twice (names are case-insensitive)"
+        ));
+    }
+    Ok(lower)
+}
+
+/// A header's template text: a string without control characters.
+#[inline(never)] // see Config::fields
+fn header_value<'a>(v: &'a Value, field: &str) -> Result<&'a str, String> {
+    let text = string(v).map_err(|e| format!("{field}: {e}"))?;
+    if text.chars().any(char::is_control) {
+        return Err(format!(
+            "{field}: control characters are not allowed in a header value"
+        ));
+    }
+    Ok(text)
 }
 
 #[inline(never)] // see Config::fields

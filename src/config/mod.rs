@@ -16,7 +16,7 @@ mod headers;
 mod resolve;
 mod vault;
 
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use crate::aws::credentials::CredentialsConfig;
 use crate::json::{json_type, list, object};
@@ -114,88 +114,49 @@ impl Config {
         let root: Value = serde_json::from_slice(text.as_bytes())
             .map_err(|e| format!("configuration is not JSON: {e}"))?;
         let top = object(&root, "configuration")?;
-        for name in top.keys() {
-            if !TOP_LEVEL_FIELDS.contains(&name.as_str()) {
-                return Err(format!(
-                    "{name}: unknown field (expected one of: {})",
-                    TOP_LEVEL_FIELDS.join(", ")
-                ));
-            }
-        }
-        let aws = match top.get("aws") {
-            Some(v) if !v.is_null() => VaultSettings::from_json(v, "aws")?,
-            _ => VaultSettings::default(),
-        }
-        .with_env(env)
-        .map_err(|e| format!("aws: {e}"))?;
+        check_top_level_names(top)?;
+        // Fields are read in a fixed order: the first error found is the one reported.
+        let mut config = Config::vault_fields(top, env)?;
+        config.set_other_fields(top, checks)?;
+        Ok(config)
+    }
 
-        let mut env_defaults = match top.get("env") {
-            Some(v) if !v.is_null() => EnvSettings::from_json(v, "env")?,
-            _ => EnvSettings::default(),
-        };
-        if env_defaults.prefix.is_none() {
-            if let Some(p) = env("KONG_VAULT_ENV_PREFIX").filter(|p| !p.is_empty()) {
-                env_defaults.prefix = Some(env_prefix(&p).map_err(|e| {
-                    format!("env: environment variable KONG_VAULT_ENV_PREFIX: {e}")
-                })?);
-            }
-        }
-        let mut vaults = Vec::new();
-        for (i, item) in list(top.get("vaults"), "vaults", "an array")?
-            .iter()
-            .enumerate()
-        {
-            let entity = vault_entity(item, &format!("vaults[{i}]"))?;
-            if vaults
-                .iter()
-                .any(|v: &VaultEntity| v.prefix == entity.prefix)
-            {
-                return Err(format!(
-                    "vaults[{i}].prefix: duplicate prefix '{}'",
-                    entity.prefix
-                ));
-            }
-            vaults.push(entity);
-        }
-        let request_headers = headers(top.get("request_headers"), "request_headers", checks)?;
-        let resolve_incoming_headers =
-            incoming_headers(top.get("resolve_incoming_headers"), &request_headers)?;
-        let credentials = match top.get("credentials") {
-            Some(v) if !v.is_null() => CredentialsConfig::from_json(v, "credentials")?,
-            _ => CredentialsConfig::default(),
-        };
-        let refresh_on_status = statuses(top.get("refresh_on_status"))?;
-        let refresh_min_interval_ms = match top.get("refresh_min_interval") {
-            None | Some(Value::Null) => crate::cache::secs_to_ms(DEFAULT_REFRESH_MIN_INTERVAL_S),
-            Some(Value::Number(n)) => match n.as_f64() {
-                Some(v) if v.is_finite() && (0.0..=MAX_TTL).contains(&v) => {
-                    crate::cache::secs_to_ms(v)
-                }
-                _ => {
-                    return Err(format!(
-                        "refresh_min_interval: must be a number of seconds from 0 to {}",
-                        MAX_TTL as u64
-                    ))
-                }
-            },
-            Some(other) => {
-                return Err(format!(
-                    "refresh_min_interval: expected a number, got {}",
-                    json_type(other)
-                ))
-            }
-        };
+    /// `aws`, `env` and `vaults`; the other fields empty (`credentials`: the
+    /// default) until [`Config::set_other_fields`].
+    #[inline(never)] // see Config::fields
+    fn vault_fields(
+        top: &Map<String, Value>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, String> {
         Ok(Config {
-            credentials,
-            env: env_defaults,
-            resolve_incoming_headers,
-            refresh_on_status,
-            refresh_min_interval_ms,
-            aws,
-            vaults,
-            request_headers,
-            response_headers: headers(top.get("response_headers"), "response_headers", checks)?,
+            aws: aws_defaults(top.get("aws"), env)?,
+            env: env_defaults(top.get("env"), env)?,
+            vaults: vaults(top.get("vaults"))?,
+            credentials: CredentialsConfig::default(),
+            request_headers: Vec::new(),
+            response_headers: Vec::new(),
+            resolve_incoming_headers: Vec::new(),
+            refresh_on_status: Vec::new(),
+            refresh_min_interval_ms: 0,
         })
+    }
+
+    #[inline(never)] // see Config::fields
+    fn set_other_fields(
+        &mut self,
+        top: &Map<String, Value>,
+        checks: &mut Vec<RefCheck>,
+    ) -> Result<(), String> {
+        self.request_headers = headers(top.get("request_headers"), "request_headers", checks)?;
+        self.resolve_incoming_headers =
+            incoming_headers(top.get("resolve_incoming_headers"), &self.request_headers)?;
+        if let Some(v) = top.get("credentials").filter(|v| !v.is_null()) {
+            self.credentials = CredentialsConfig::from_json(v, "credentials")?;
+        }
+        self.refresh_on_status = statuses(top.get("refresh_on_status"))?;
+        self.refresh_min_interval_ms = refresh_min_interval(top.get("refresh_min_interval"))?;
+        self.response_headers = headers(top.get("response_headers"), "response_headers", checks)?;
+        Ok(())
     }
 
     #[inline(never)]
@@ -219,6 +180,92 @@ impl Config {
             .retain(|h| !bad_fields.contains(&h.field));
         self.response_headers
             .retain(|h| !bad_fields.contains(&h.field));
+    }
+}
+
+#[inline(never)] // see Config::fields
+fn check_top_level_names(top: &Map<String, Value>) -> Result<(), String> {
+    for name in top.keys() {
+        if !TOP_LEVEL_FIELDS.contains(&name.as_str()) {
+            return Err(format!(
+                "{name}: unknown field (expected one of: {})",
+                TOP_LEVEL_FIELDS.join(", ")
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `aws`, with environment variables filling the fields it leaves unset.
+#[inline(never)] // see Config::fields
+fn aws_defaults(
+    value: Option<&Value>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<VaultSettings, String> {
+    match value {
+        Some(v) if !v.is_null() => VaultSettings::from_json(v, "aws")?,
+        _ => VaultSettings::default(),
+    }
+    .with_env(env)
+    .map_err(|e| format!("aws: {e}"))
+}
+
+/// `env`, its prefix from `KONG_VAULT_ENV_PREFIX` when it sets none.
+#[inline(never)] // see Config::fields
+fn env_defaults(
+    value: Option<&Value>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<EnvSettings, String> {
+    let mut settings = match value {
+        Some(v) if !v.is_null() => EnvSettings::from_json(v, "env")?,
+        _ => EnvSettings::default(),
+    };
+    if settings.prefix.is_none() {
+        if let Some(p) = env("KONG_VAULT_ENV_PREFIX").filter(|p| !p.is_empty()) {
+            settings.prefix =
+                Some(env_prefix(&p).map_err(|e| {
+                    format!("env: environment variable KONG_VAULT_ENV_PREFIX: {e}")
+                })?);
+        }
+    }
+    Ok(settings)
+}
+
+/// `vaults`: Kong vault entities, each prefix at most once.
+#[inline(never)] // see Config::fields
+fn vaults(value: Option<&Value>) -> Result<Vec<VaultEntity>, String> {
+    let mut vaults: Vec<VaultEntity> = Vec::new();
+    for (i, item) in list(value, "vaults", "an array")?.iter().enumerate() {
+        let entity = vault_entity(item, &format!("vaults[{i}]"))?;
+        if vaults.iter().any(|v| v.prefix == entity.prefix) {
+            return Err(format!(
+                "vaults[{i}].prefix: duplicate prefix '{}'",
+                entity.prefix
+            ));
+        }
+        vaults.push(entity);
+    }
+    Ok(vaults)
+}
+
+/// `refresh_min_interval`: seconds from 0 to [`MAX_TTL`], in milliseconds.
+#[inline(never)] // see Config::fields
+fn refresh_min_interval(value: Option<&Value>) -> Result<u64, String> {
+    match value {
+        None | Some(Value::Null) => Ok(crate::cache::secs_to_ms(DEFAULT_REFRESH_MIN_INTERVAL_S)),
+        Some(Value::Number(n)) => match n.as_f64() {
+            Some(v) if v.is_finite() && (0.0..=MAX_TTL).contains(&v) => {
+                Ok(crate::cache::secs_to_ms(v))
+            }
+            _ => Err(format!(
+                "refresh_min_interval: must be a number of seconds from 0 to {}",
+                MAX_TTL as u64
+            )),
+        },
+        Some(other) => Err(format!(
+            "refresh_min_interval: expected a number, got {}",
+            json_type(other)
+        )),
     }
 }
 

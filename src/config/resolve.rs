@@ -135,63 +135,12 @@ impl Config {
         text: &str,
         reference: &Reference,
     ) -> Result<ResolvedRef, String> {
-        let mut settings = vault.clone();
-        let mut overrides = LiteMap::new();
-        for (name, value) in &reference.query {
-            if !VaultSettings::FIELDS.contains(&name.as_str()) {
-                continue; // Kong ignores unknown query keys
-            }
-            // Kong: an override that fails validation leaves the field unset.
-            let applied = match value {
-                Some(v) => settings.set(name, Raw::Query(v)).is_ok(),
-                None => false,
-            };
-            if applied {
-                if let Some(v) = value {
-                    overrides.insert(name.clone(), v.clone());
-                }
-            } else {
-                settings.unset(name);
-            }
-        }
-        let region = settings
-            .region
-            .clone()
-            .ok_or_else(|| format!("vault '{}' has no region", reference.name))?;
-        let stage = secrets_manager::version_stage(reference.version)?;
-        let endpoint = settings
-            .endpoint_url
-            .clone()
-            .unwrap_or_else(|| secrets_manager::default_endpoint(&region));
-        let upstream = settings
-            .upstream
-            .clone()
-            .unwrap_or_else(|| endpoint.authority.clone());
-        if reference.resource.is_empty() {
-            return Err("empty secret id".into());
-        }
+        let (settings, overrides) = with_overrides(vault, reference);
+        let target = secret_target(settings, reference)?;
         Ok(ResolvedRef {
             text: text.to_string(),
             reference: reference.clone(),
-            target: SecretTarget {
-                vault: reference.name.clone(),
-                secret_id: reference.resource.clone(),
-                stage,
-                region,
-                endpoint,
-                upstream,
-                timeout_ms: settings.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS),
-                assume_role_arn: settings.assume_role_arn.clone(),
-                role_session_name: settings
-                    .role_session_name
-                    .clone()
-                    .unwrap_or_else(|| DEFAULT_ROLE_SESSION_NAME.to_string()),
-                sts_endpoint: settings.sts_endpoint_url.clone(),
-                sts_upstream: settings.sts_upstream.clone(),
-                ttl: settings.ttl.unwrap_or(0.0),
-                neg_ttl: settings.neg_ttl.unwrap_or(0.0),
-                resurrect_ttl: settings.resurrect_ttl.unwrap_or(DEFAULT_RESURRECT_TTL),
-            },
+            target,
             key: reference.key.clone(),
             overrides,
         })
@@ -204,6 +153,79 @@ impl Config {
             .chain(&self.response_headers)
             .flat_map(|h| h.template.references().map(move |(t, r)| (h, t, r)))
     }
+}
+
+/// `vault` with the reference's query overrides applied, and the overrides
+/// that were valid.
+#[inline(never)] // see Config::fields
+fn with_overrides(
+    vault: &VaultSettings,
+    reference: &Reference,
+) -> (VaultSettings, LiteMap<String, String>) {
+    let mut settings = vault.clone();
+    let mut overrides = LiteMap::new();
+    for (name, value) in &reference.query {
+        if !VaultSettings::FIELDS.contains(&name.as_str()) {
+            continue; // Kong ignores unknown query keys
+        }
+        // Kong: an override that fails validation leaves the field unset.
+        let applied = match value {
+            Some(v) => settings.set(name, Raw::Query(v)).is_ok(),
+            None => false,
+        };
+        if applied {
+            if let Some(v) = value {
+                overrides.insert(name.clone(), v.clone());
+            }
+        } else {
+            settings.unset(name);
+        }
+    }
+    (settings, overrides)
+}
+
+/// The fetch a reference names, defaults filled in for what `settings` leaves unset.
+#[inline(never)] // see Config::fields
+fn secret_target(settings: VaultSettings, reference: &Reference) -> Result<SecretTarget, String> {
+    let region = settings
+        .region
+        .ok_or_else(|| format!("vault '{}' has no region", reference.name))?;
+    let stage = secrets_manager::version_stage(reference.version)?;
+    let (endpoint, upstream) = destination(settings.endpoint_url, settings.upstream, &region);
+    if reference.resource.is_empty() {
+        return Err("empty secret id".into());
+    }
+    Ok(SecretTarget {
+        vault: reference.name.clone(),
+        secret_id: reference.resource.clone(),
+        stage,
+        region,
+        endpoint,
+        upstream,
+        timeout_ms: settings.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS),
+        assume_role_arn: settings.assume_role_arn,
+        role_session_name: settings
+            .role_session_name
+            .unwrap_or_else(|| DEFAULT_ROLE_SESSION_NAME.to_string()),
+        sts_endpoint: settings.sts_endpoint_url,
+        sts_upstream: settings.sts_upstream,
+        ttl: settings.ttl.unwrap_or(0.0),
+        neg_ttl: settings.neg_ttl.unwrap_or(0.0),
+        resurrect_ttl: settings.resurrect_ttl.unwrap_or(DEFAULT_RESURRECT_TTL),
+    })
+}
+
+/// Where the Secrets Manager callout goes: the endpoint (default: the region's)
+/// and the upstream (default: the endpoint's `host[:port]`).
+#[inline(never)] // see Config::fields
+fn destination(
+    endpoint: Option<Endpoint>,
+    upstream: Option<String>,
+    region: &str,
+) -> (Endpoint, String) {
+    let endpoint = endpoint.unwrap_or_else(|| secrets_manager::default_endpoint(region));
+    let upstream = upstream.unwrap_or_else(|| endpoint.authority.clone());
+    (endpoint, upstream)
 }
 
 /// An env vault reference: `prefix` may be overridden by the query (Kong);

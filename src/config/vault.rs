@@ -2,7 +2,7 @@
 //! query or the environment), `env` vault settings, and Kong vault entities
 //! (`vaults[]`) with their prefix rules.
 
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use super::MAX_TTL;
 use crate::aws::credentials::valid_session_name;
@@ -76,6 +76,9 @@ impl VaultSettings {
 
     /// Set one field, validating it. Unknown names are an error here; query
     /// overrides filter them out first (Kong ignores unknown query keys).
+    ///
+    /// The Secrets Manager callout's fields; the others are set by group, each
+    /// setter passing on the names it does not know (smaller functions).
     pub(super) fn set(&mut self, name: &str, raw: Raw) -> Result<(), String> {
         match name {
             "region" => self.region = Some(region(raw.string()?)?),
@@ -83,16 +86,33 @@ impl VaultSettings {
                 self.endpoint_url = Some(secrets_manager::parse_endpoint_url(raw.string()?)?)
             }
             "upstream" => self.upstream = Some(non_empty(raw.string()?)?),
+            "timeout_ms" => self.timeout_ms = Some(timeout_ms(raw.number()?)?),
+            _ => return self.set_assume_role(name, raw),
+        }
+        Ok(())
+    }
+
+    #[inline(never)] // see Config::fields
+    fn set_assume_role(&mut self, name: &str, raw: Raw) -> Result<(), String> {
+        match name {
             "assume_role_arn" => self.assume_role_arn = Some(non_empty(raw.string()?)?),
             "role_session_name" => self.role_session_name = Some(session_name(raw.string()?)?),
             "sts_endpoint_url" => {
                 self.sts_endpoint_url = Some(secrets_manager::parse_endpoint_url(raw.string()?)?)
             }
             "sts_upstream" => self.sts_upstream = Some(non_empty(raw.string()?)?),
+            _ => return self.set_ttl(name, raw),
+        }
+        Ok(())
+    }
+
+    /// The cache lifetimes; other names are unknown.
+    #[inline(never)] // see Config::fields
+    fn set_ttl(&mut self, name: &str, raw: Raw) -> Result<(), String> {
+        match name {
             "ttl" => self.ttl = Some(ttl(raw.number()?)?),
             "neg_ttl" => self.neg_ttl = Some(ttl(raw.number()?)?),
             "resurrect_ttl" => self.resurrect_ttl = Some(ttl(raw.number()?)?),
-            "timeout_ms" => self.timeout_ms = Some(timeout_ms(raw.number()?)?),
             _ => {
                 return Err(format!(
                     "unknown field (expected one of: {})",
@@ -237,6 +257,25 @@ pub const ENV_FIELDS: &[&str] = &["prefix"];
 #[inline(never)] // see Config::fields
 pub(super) fn vault_entity(value: &Value, path: &str) -> Result<VaultEntity, String> {
     let map = object(value, path)?;
+    check_entity_names(map, path)?;
+    let name = entity_type(map, path)?;
+    let prefix = entity_prefix(map, path)?;
+    let description = match map.get("description") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(string_field(v, path, "description")?),
+    };
+    let (settings, env) = entity_config(&name, map.get("config"), path)?;
+    Ok(VaultEntity {
+        name,
+        prefix,
+        description,
+        settings,
+        env,
+    })
+}
+
+#[inline(never)] // see Config::fields
+fn check_entity_names(map: &Map<String, Value>, path: &str) -> Result<(), String> {
     for name in map.keys() {
         if !ENTITY_FIELDS.contains(&name.as_str()) {
             return Err(format!(
@@ -244,6 +283,12 @@ pub(super) fn vault_entity(value: &Value, path: &str) -> Result<VaultEntity, Str
             ));
         }
     }
+    Ok(())
+}
+
+/// The entity's `name`: the vault type.
+#[inline(never)] // see Config::fields
+fn entity_type(map: &Map<String, Value>, path: &str) -> Result<String, String> {
     let name = match map.get("name") {
         Some(v) => string_field(v, path, "name")?,
         None => {
@@ -257,42 +302,46 @@ pub(super) fn vault_entity(value: &Value, path: &str) -> Result<VaultEntity, Str
             "{path}.name: unsupported vault type '{name}' (supported: aws, env)"
         ));
     }
+    Ok(name)
+}
+
+#[inline(never)] // see Config::fields
+fn entity_prefix(map: &Map<String, Value>, path: &str) -> Result<String, String> {
     let prefix = match map.get("prefix") {
         Some(v) => string_field(v, path, "prefix")?,
         None => return Err(format!("{path}.prefix: required")),
     };
     check_prefix(&prefix).map_err(|e| format!("{path}.prefix: {e}"))?;
-    let description = match map.get("description") {
-        None | Some(Value::Null) => None,
-        Some(v) => Some(string_field(v, path, "description")?),
-    };
-    let config = map.get("config").filter(|v| !v.is_null());
+    Ok(prefix)
+}
+
+/// The entity's `config`: an `env` vault's settings, or an `aws` vault's,
+/// which must name the region.
+#[inline(never)] // see Config::fields
+fn entity_config(
+    name: &str,
+    config: Option<&Value>,
+    path: &str,
+) -> Result<(VaultSettings, EnvSettings), String> {
+    let config = config.filter(|v| !v.is_null());
     let config_path = format!("{path}.config");
-    let (settings, env) = if name == "env" {
+    if name == "env" {
         let env = match config {
             Some(v) => EnvSettings::from_json(v, &config_path)?,
             None => EnvSettings::default(),
         };
-        (VaultSettings::default(), env)
-    } else {
-        let settings = match config {
-            Some(v) => VaultSettings::from_json(v, &config_path)?,
-            None => VaultSettings::default(),
-        };
-        if settings.region.is_none() {
-            return Err(format!(
-                "{path}.config.region: required (a vault entity uses only its own config)"
-            ));
-        }
-        (settings, EnvSettings::default())
+        return Ok((VaultSettings::default(), env));
+    }
+    let settings = match config {
+        Some(v) => VaultSettings::from_json(v, &config_path)?,
+        None => VaultSettings::default(),
     };
-    Ok(VaultEntity {
-        name,
-        prefix,
-        description,
-        settings,
-        env,
-    })
+    if settings.region.is_none() {
+        return Err(format!(
+            "{path}.config.region: required (a vault entity uses only its own config)"
+        ));
+    }
+    Ok((settings, EnvSettings::default()))
 }
 
 /// Kong's prefix rule: lower case, starts with a letter, letters/digits/`-`,

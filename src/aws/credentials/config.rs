@@ -138,12 +138,26 @@ impl CredentialsConfig {
         Ok(c)
     }
 
+    /// The general and IMDS fields; the others are set by group, each setter
+    /// passing on the names it does not know (smaller functions).
     #[inline(never)] // see Config::fields
     fn set(&mut self, name: &str, v: &Value) -> Result<(), String> {
         match name {
             "source" => self.source = source(string(v)?)?,
             "timeout_ms" => self.timeout_ms = timeout(v)?,
             "imds_timeout_ms" => self.imds_timeout_ms = timeout(v)?,
+            "imds_endpoint_url" => {
+                self.imds_endpoint_url = Some(secrets_manager::parse_endpoint_url(string(v)?)?)
+            }
+            "imds_upstream" => self.imds_upstream = Some(upstream(v)?),
+            _ => return self.set_container(name, v),
+        }
+        Ok(())
+    }
+
+    #[inline(never)] // see Config::fields
+    fn set_container(&mut self, name: &str, v: &Value) -> Result<(), String> {
+        match name {
             "container_upstream" => self.container_upstream = Some(upstream(v)?),
             "container_authorization_token_url" => {
                 self.container_authorization_token_url = Some(parse_url(string(v)?)?)
@@ -151,10 +165,15 @@ impl CredentialsConfig {
             "container_authorization_token_upstream" => {
                 self.container_authorization_token_upstream = Some(upstream(v)?)
             }
-            "imds_endpoint_url" => {
-                self.imds_endpoint_url = Some(secrets_manager::parse_endpoint_url(string(v)?)?)
-            }
-            "imds_upstream" => self.imds_upstream = Some(upstream(v)?),
+            _ => return self.set_web_identity(name, v),
+        }
+        Ok(())
+    }
+
+    /// The web identity and STS fields; other names are unknown.
+    #[inline(never)] // see Config::fields
+    fn set_web_identity(&mut self, name: &str, v: &Value) -> Result<(), String> {
+        match name {
             "web_identity_token_url" => self.web_identity_token_url = Some(parse_url(string(v)?)?),
             "web_identity_token_upstream" => self.web_identity_token_upstream = Some(upstream(v)?),
             "sts_region" => self.sts_region = Some(region(string(v)?)?),
