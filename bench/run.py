@@ -74,6 +74,7 @@ WASM_TARGET = "wasm32-wasip1"
 RSS_CONFIGS = ["none", "floor", "wasm_1ref"]
 RSS_WORKERS = [1, 4]
 RSS_REQUESTS = 300
+RSS_REPS = 3  # Envoys per config and worker count (configs alternate); the median is kept
 
 GOALS = {"cpu_us_vs_floor": 1.0, "rps_vs_floor": 0.99, "rss_mib_vs_floor": 10.0,
          "wasm_max_bytes": 350_000, "cold_extra_wait_ms": 5.0}
@@ -496,17 +497,20 @@ def worker_connections(envoy: Envoy) -> dict[str, int]:
 
 
 def rss_after_requests(workdir: Path, *, proxy: CountingProxy, upstream_port: int, env: dict,
-                       wasm: Path, floor_wasm: Path, n: int = RSS_REQUESTS) -> dict:
+                       wasm: Path, floor_wasm: Path, n: int = RSS_REQUESTS,
+                       reps: int = RSS_REPS) -> dict:
     """Envoy VmRSS/VmHWM after n requests, one dedicated Envoy (unpinned) per config and
-    worker count, started one at a time; with Envoy's allocator figures (admin /memory) and
-    the CPU its start took per thread (V8 compiles the modules then)."""
-    out: dict = {"requests": n, "configs": RSS_CONFIGS, "workers": {}}
+    worker count, started one at a time, `reps` times with the configs alternating; with
+    Envoy's allocator figures (admin /memory) and the CPU its start took per thread (V8
+    compiles the modules then). Per config, the run with the median VmRSS is kept (with
+    every run's VmRSS in `VmRSS_runs`): single starts differ by a few tenths of a MiB."""
+    out: dict = {"requests": n, "configs": RSS_CONFIGS, "reps": reps, "workers": {}}
     for workers in RSS_WORKERS:
-        row = {}
-        for name in RSS_CONFIGS:
+        runs: dict[str, list[dict]] = {name: [] for name in RSS_CONFIGS}
+        for rep, name in ((r, c) for r in range(reps) for c in RSS_CONFIGS):
             path, lp, ap_ = sut_config(name, workdir, upstream_port=upstream_port, proxy=proxy,
                                        wasm=wasm, floor_wasm=floor_wasm,
-                                       subdir=f"rss-w{workers}-{name}")
+                                       subdir=f"rss-w{workers}-{name}-{rep}")
             envoy = start_envoy(path, lp, ap_, env, workers)
             try:
                 startup = startup_cpu_ms(envoy.proc.popen.pid)
@@ -515,19 +519,25 @@ def rss_after_requests(workdir: Path, *, proxy: CountingProxy, upstream_port: in
                     raise RuntimeError(f"RSS {name} ({workers} workers): {bad}/{n} requests "
                                        "without the expected header")
                 time.sleep(0.5)
-                row[name] = {**rss_kib(envoy.proc.popen.pid),
-                             "malloc_kib": malloc_kib(envoy),
-                             "startup_cpu_ms": startup,
-                             "worker_connections": worker_connections(envoy)}
+                run = {**rss_kib(envoy.proc.popen.pid),
+                       "malloc_kib": malloc_kib(envoy),
+                       "startup_cpu_ms": startup,
+                       "worker_connections": worker_connections(envoy)}
             finally:
                 envoy.stop()
-            m = row[name]["malloc_kib"]
-            log(f"RSS {workers} worker(s) {name:10s} VmRSS {row[name]['VmRSS'] / 1024:6.1f} MiB"
-                f"  VmHWM {row[name]['VmHWM'] / 1024:6.1f} MiB  malloc: in use "
+            runs[name].append(run)
+            m = run["malloc_kib"]
+            log(f"RSS {workers} worker(s) {name:10s} VmRSS {run['VmRSS'] / 1024:6.1f} MiB"
+                f"  VmHWM {run['VmHWM'] / 1024:6.1f} MiB  malloc: in use "
                 f"{m.get('allocated', 0) / 1024:.1f}, held {m.get('heap_size', 0) / 1024:.1f},"
                 f" cached free {m.get('total_thread_cache', 0) / 1024:.1f} (thread caches) MiB;"
-                f" startup CPU {sum(row[name]['startup_cpu_ms'].values())} ms; connections per"
-                f" worker {list(row[name]['worker_connections'].values())}")
+                f" startup CPU {sum(run['startup_cpu_ms'].values())} ms; connections per"
+                f" worker {list(run['worker_connections'].values())}")
+        row = {}
+        for name, rs in runs.items():
+            ordered = sorted(rs, key=lambda r: r["VmRSS"])
+            row[name] = {**ordered[len(ordered) // 2],
+                         "VmRSS_runs": [r["VmRSS"] for r in rs]}
         out["workers"][str(workers)] = row
     out["wasm_1ref_minus_floor_kib"] = {
         w: r["wasm_1ref"]["VmRSS"] - r["floor"]["VmRSS"] for w, r in out["workers"].items()}
@@ -979,10 +989,13 @@ def main():
                 suts[name].stop()
                 started.remove(suts[name])
 
+            rss_reps = 1 if args.quick else RSS_REPS
             log(f"RSS after {RSS_REQUESTS} requests: {', '.join(RSS_CONFIGS)}; "
-                f"{' and '.join(map(str, RSS_WORKERS))} worker(s), unpinned")
+                f"{' and '.join(map(str, RSS_WORKERS))} worker(s), unpinned; "
+                f"median of {rss_reps}")
             results["rss"] = rss_after_requests(workdir, proxy=proxy, upstream_port=up_port,
-                                                env=env, wasm=wasm, floor_wasm=floor_wasm)
+                                                env=env, wasm=wasm, floor_wasm=floor_wasm,
+                                                reps=rss_reps)
 
         log(f"cold start: {args.cold_secrets} secrets, {args.cold_requests} requests, 2 workers")
         results["cold_start"] = cold_start(workdir, moto, k=args.cold_secrets,
