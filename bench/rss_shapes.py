@@ -48,34 +48,6 @@ FEATURES = ["--enable-bulk-memory", "--enable-sign-ext", "--enable-mutable-globa
 BYTES_PER_OP = 15.7  # average encoded size of one generated statement (measured)
 
 
-def code_sizes(wasm: Path) -> list[int]:
-    """Body size of every function in the module's code section."""
-    data = wasm.read_bytes()
-
-    def leb(i: int) -> tuple[int, int]:
-        value = shift = 0
-        while True:
-            byte = data[i]
-            i += 1
-            value |= (byte & 0x7F) << shift
-            shift += 7
-            if byte < 0x80:
-                return value, i
-
-    i, sizes = 8, []
-    while i < len(data):
-        section = data[i]
-        length, i = leb(i + 1)
-        if section == 10:
-            count, j = leb(i)
-            for _ in range(count):
-                size, j = leb(j)
-                sizes.append(size)
-                j += size
-        i += length
-    return sizes
-
-
 def function(rng: random.Random, index: int, ops: int) -> str:
     """A function of about `ops` statements, calling some of the 20 before it."""
     body = ["  (local.set $x (local.get $a))"]
@@ -176,7 +148,7 @@ def build_variants(floor: Path, aws_vault: Path, workdir: Path) -> dict[str, Pat
     rng = random.Random(1)
     blob = "".join(f"\\{rng.randrange(256):02x}" for _ in range(300 * 1024))
     small = [function(rng, i, 10) for i in range(1380)]
-    sizes = sorted(code_sizes(aws_vault))
+    sizes = sorted(B.code_sizes(aws_vault))
     shape = [function(rng, i, max(1, round(size / BYTES_PER_OP)))
              for i, size in enumerate(sizes)]
     pieces = [min(1024, size - at) for size in sizes for at in range(0, size, 1024)]
@@ -236,7 +208,7 @@ def main():
     for name, wasm in modules.items():
         if name == "floor":
             continue
-        sizes = code_sizes(wasm)
+        sizes = B.code_sizes(wasm)
         over = [round((r - floor_kib) / 1024, 1) for r in rss[name]]
         result["variants"][name] = {
             "wasm_bytes": wasm.stat().st_size, "code_bytes": sum(sizes),

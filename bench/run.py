@@ -138,6 +138,42 @@ def build_floor() -> Path:
     return path
 
 
+def code_sizes(wasm: Path) -> list[int]:
+    """Body size of every function in the module's code section."""
+    data = wasm.read_bytes()
+
+    def leb(i: int) -> tuple[int, int]:
+        value = shift = 0
+        while True:
+            byte = data[i]
+            i += 1
+            value |= (byte & 0x7F) << shift
+            shift += 7
+            if byte < 0x80:
+                return value, i
+
+    i, sizes = 8, []
+    while i < len(data):
+        section = data[i]
+        length, i = leb(i + 1)
+        if section == 10:
+            count, j = leb(i)
+            for _ in range(count):
+                size, j = leb(j)
+                sizes.append(size)
+                j += size
+        i += length
+    return sizes
+
+
+def function_sizes(wasm: Path) -> dict:
+    """How the module's code is cut into functions: V8 compiles each with TurboFan at load,
+    and the largest set how much memory Envoy keeps (README, "Memory by module shape")."""
+    sizes = sorted(code_sizes(wasm), reverse=True)
+    return {"functions": len(sizes), "code_bytes": sum(sizes),
+            "over_1kb": sum(1 for s in sizes if s > 1024), "largest": sizes[:8]}
+
+
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -915,6 +951,7 @@ def main():
         "wasm": {"path": str(wasm_src), "sha256": sha256(wasm)},
         "wasm_bytes": wasm.stat().st_size,
         "floor_wasm_bytes": floor_wasm.stat().st_size,
+        "wasm_functions": function_sizes(wasm),
     }
 
     if args.skip_rust_bench:
@@ -1147,6 +1184,9 @@ def print_summary(res: dict):
           f"{c['aws_round_trip_ms']['max']:.0f} ms; secrets all fetched "
           f"{c['secrets_ready_ms']:.0f} ms after the first request")
     print(f"wasm {res['wasm_bytes']} bytes (floor {res['floor_wasm_bytes']} bytes)")
+    if "wasm_functions" in res:
+        f = res["wasm_functions"]
+        print(f"wasm functions {f['functions']}, {f['over_1kb']} over 1 KiB, largest {f['largest']}")
     rss = res["rss"]
     for workers, row in rss["workers"].items():
         print(f"Envoy VmRSS after {rss['requests']} requests, {workers} worker(s): "

@@ -99,9 +99,12 @@ impl Config {
         Ok((config, checks))
     }
 
-    // `fields` and `check_references` are kept out of line: one large wasm function costs
-    // V8's optimizing compiler (Envoy runs TurboFan only) megabytes of zone memory that the
-    // allocator keeps afterwards, so the module's largest functions set Envoy's RSS.
+    // `fields` and `check_references` are kept out of line, and every function of ours is
+    // kept under about 1 KB of wasm (the `#[inline(never)] // see Config::fields` helpers):
+    // Envoy's V8 compiles the whole module with its optimizing compiler (TurboFan only) when
+    // it loads it, and its allocator keeps what compiling the largest functions needed.
+    // Cutting the functions over 1 KB took Envoy's RSS over the floor from +11.1 to about
+    // +9.5 MiB (bench/README.md, "Results"; `bench/rss_shapes.py` shows why).
     #[inline(never)]
     fn fields(
         text: &str,
