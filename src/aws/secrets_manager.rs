@@ -66,10 +66,9 @@ pub struct Endpoint {
 /// (it could hold a password in userinfo).
 pub fn parse_endpoint_url(url: &str) -> Result<Endpoint, String> {
     let (scheme, authority) = split_endpoint_url(url)?;
-    let (host, port) = if authority.starts_with('[') {
-        split_ipv6_authority(authority)?
-    } else {
-        split_name_authority(authority)?
+    let (host, port) = match authority.strip_prefix('[') {
+        Some(bracketed) => split_ipv6_authority(authority, bracketed)?,
+        None => split_name_authority(authority)?,
     };
     let port = match port {
         None => None,
@@ -121,11 +120,14 @@ fn split_endpoint_url(url: &str) -> Result<(String, &str), String> {
     Ok((scheme, authority))
 }
 
-/// The host (brackets kept) and the port text of `[ipv6]` or `[ipv6]:port`.
+/// The host (brackets kept) and the port text of `[ipv6]` or `[ipv6]:port`;
+/// `bracketed`: the authority after its `[`.
 #[inline(never)] // see Config::fields
-fn split_ipv6_authority(authority: &str) -> Result<(&str, Option<&str>), String> {
-    let after_bracket = authority.strip_prefix('[').unwrap_or(authority);
-    let (inside, after) = after_bracket
+fn split_ipv6_authority<'a>(
+    authority: &'a str,
+    bracketed: &'a str,
+) -> Result<(&'a str, Option<&'a str>), String> {
+    let (inside, after) = bracketed
         .split_once(']')
         .ok_or_else(|| "endpoint URL has an unterminated IPv6 address".to_string())?;
     if inside.is_empty()
